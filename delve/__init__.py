@@ -1,0 +1,59 @@
+"""delve: live layer saturation and covariance statistics for PyTorch models.
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> from delve import SaturationTracker
+>>> model = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 2))
+>>> tracker = SaturationTracker("run", modules=model, nosave=True)
+>>> _ = model(torch.randn(100, 10))
+>>> 0 < tracker.add_saturations()["train-saturation_0"] <= 1
+True
+>>> tracker.close()
+"""
+
+import logging
+
+from .covariance import EmptyCovarianceError, TorchCovarianceMatrix
+from .metrics import (
+    covariance_trace,
+    diagonal_trace,
+    eigenvalues,
+    embed_top2,
+    intrinsic_dimensionality,
+    log_determinant,
+    saturation,
+    spectra,
+    spectrum,
+)
+from .observations import ObservationConfig, register_observer
+from .statistics import Statistic, register_statistic
+from .tracker import CheckLayerSat, SaturationTracker
+from .writers.registry import register_writer
+
+__version__ = "0.2.0"
+
+logging.getLogger("delve").addHandler(logging.NullHandler())
+
+__all__ = [
+    "SaturationTracker",
+    "CheckLayerSat",
+    "TorchCovarianceMatrix",
+    "EmptyCovarianceError",
+    "ObservationConfig",
+    "register_observer",
+    "register_statistic",
+    "register_writer",
+    "Statistic",
+    "eigenvalues",
+    "spectrum",
+    "spectra",
+    "intrinsic_dimensionality",
+    "saturation",
+    "covariance_trace",
+    "diagonal_trace",
+    "log_determinant",
+    "embed_top2",
+    "__version__",
+]

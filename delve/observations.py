@@ -1,0 +1,257 @@
+"""Turn a layer's output into observation rows, by module kind.
+
+An *observer* maps ``(module, output, config)`` to a tensor of shape
+``(..., d)`` whose leading dimensions are all samples: ``d`` is the layer's
+feature size. Observers return views where they can; the covariance update
+gathers and upcasts a strided view in a single pass.
+
+The registry is keyed by module type and looked up along the type's MRO, so
+subclasses of ``nn.Linear`` or ``nn.Conv2d`` are handled like their bases.
+Users extend it with :func:`register_observer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+__all__ = [
+    "CONV_METHODS",
+    "TIMESERIES_METHODS",
+    "INTERPOLATION_STRATEGIES",
+    "ObservationConfig",
+    "Observer",
+    "ObserverEntry",
+    "register_observer",
+    "find_observer",
+    "observe",
+    "UnsupportedOutputError",
+]
+
+CONV_METHODS = ("channelwise", "mean", "max", "median", "flatten")
+TIMESERIES_METHODS = ("last_timestep", "timestepwise")
+INTERPOLATION_STRATEGIES = ("nearest", "nearest-exact", "area", "linear", "bilinear", "bicubic", "trilinear")
+_LINEAR_FAMILY = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+class UnsupportedOutputError(TypeError):
+    """A layer produced an output that no observer can turn into rows."""
+
+
+@dataclass(frozen=True)
+class ObservationConfig:
+    """How outputs become rows; fixed for the lifetime of a tracker.
+
+    Attributes
+    ----------
+    conv_method : str
+        One of :data:`CONV_METHODS`.
+    timeseries_method : str
+        One of :data:`TIMESERIES_METHODS`.
+    interpolation_strategy : str or None
+        ``None`` keeps feature maps as they are; otherwise a mode of
+        :func:`torch.nn.functional.interpolate` used to shrink large maps.
+    interpolation_downsampling : int
+        Largest spatial side kept when shrinking.
+    """
+
+    conv_method: str = "channelwise"
+    timeseries_method: str = "last_timestep"
+    interpolation_strategy: str | None = None
+    interpolation_downsampling: int = 32
+
+    def __post_init__(self) -> None:
+        _check_choice("conv_method", self.conv_method, CONV_METHODS)
+        _check_choice("timeseries_method", self.timeseries_method, TIMESERIES_METHODS)
+        if self.interpolation_strategy is not None:
+            _check_choice("interpolation_strategy", self.interpolation_strategy, INTERPOLATION_STRATEGIES)
+        if not isinstance(self.interpolation_downsampling, int) or self.interpolation_downsampling < 1:
+            raise ValueError(
+                f"interpolation_downsampling must be a positive int, got {self.interpolation_downsampling!r}"
+            )
+
+
+def _check_choice(argument: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, accepted))}; got {value!r}")
+
+
+Observer = Callable[[nn.Module, object, ObservationConfig], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ObserverEntry:
+    """A registered observer and the kind of layer it serves (``"conv"`` etc.)."""
+
+    observer: Observer
+    kind: str
+
+
+_REGISTRY: dict[type, ObserverEntry] = {}
+
+
+def register_observer(module_type: type[nn.Module], observer: Observer, kind: str = "custom") -> None:
+    """Teach delve how to read the output of ``module_type`` (and its subclasses).
+
+    Parameters
+    ----------
+    module_type : type
+        An ``nn.Module`` subclass. Modules of this type are tracked when a
+        whole model is handed to the tracker.
+    observer : callable
+        ``observer(module, output, config) -> Tensor`` of shape ``(..., d)``,
+        leading dimensions being samples. ``config`` is an
+        :class:`ObservationConfig`.
+    kind : str
+        A label; ``"conv"`` layers are dropped by ``include_conv=False``.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> class Scale(nn.Module):
+    ...     def forward(self, x):
+    ...         return {"features": 2 * x}
+    >>> register_observer(Scale, lambda module, output, config: output["features"])
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise ValueError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    if not callable(observer):
+        raise ValueError("observer must be callable as observer(module, output, config)")
+    _REGISTRY[module_type] = ObserverEntry(observer, kind)
+
+
+def find_observer(module: nn.Module) -> ObserverEntry | None:
+    """The registered observer for ``module``'s type or its nearest base class."""
+    for klass in type(module).__mro__:
+        entry = _REGISTRY.get(klass)
+        if entry is not None:
+            return entry
+    return None
+
+
+def observe(module: nn.Module, output: object, config: ObservationConfig, layer: str) -> torch.Tensor:
+    """Rows of ``module``'s output, raising a clear error for outputs it cannot read."""
+    entry = find_observer(module)
+    if entry is None:
+        raise UnsupportedOutputError(_unsupported_message(module, output, layer))
+    rows = entry.observer(module, output, config)
+    if not isinstance(rows, torch.Tensor) or rows.ndim < 1 or not rows.is_floating_point():
+        raise UnsupportedOutputError(_unsupported_message(module, output, layer))
+    return rows
+
+
+def _unsupported_message(module: nn.Module, output: object, layer: str) -> str:
+    shown = (
+        f"tensor of shape {tuple(output.shape)} and dtype {output.dtype}"
+        if isinstance(output, torch.Tensor)
+        else type(output).__name__
+    )
+    return (
+        f"delve cannot turn the output of layer {layer!r} ({type(module).__name__}) into "
+        f"observations: got {shown}. Register an observer that returns a floating "
+        f"(samples, features) tensor: delve.register_observer({type(module).__name__}, "
+        f"lambda module, output, config: ...), or exclude the layer with ignore_layer_names."
+    )
+
+
+def _tensor_output(output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    raise UnsupportedOutputError(f"expected a tensor output, got {type(output).__name__}")
+
+
+# --------------------------------------------------------------------------- dense
+def observe_features_last(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """``(..., D)``: every leading index is a sample (a 1-D output is one sample)."""
+    out = _tensor_output(output)
+    return out.unsqueeze(0) if out.ndim == 1 else out
+
+
+# ---------------------------------------------------------------------------- conv
+def _spatial_dims(module: nn.Module) -> int:
+    return len(module.kernel_size)  # type: ignore[arg-type]
+
+
+def shrink_feature_map(out: torch.Tensor, strategy: str, largest_side: int) -> torch.Tensor:
+    """Downsample ``(N, C, *spatial)`` so no side exceeds ``largest_side``.
+
+    The aspect ratio is kept and nothing is ever upsampled.
+
+    Examples
+    --------
+    >>> shrink_feature_map(torch.zeros(1, 3, 64, 32), "nearest", 16).shape
+    torch.Size([1, 3, 16, 8])
+    """
+    spatial = out.shape[2:]
+    longest = max(spatial)
+    if longest <= largest_side:
+        return out
+    scale = largest_side / longest
+    size = [max(1, round(side * scale)) for side in spatial]
+    mode = strategy
+    if strategy in _LINEAR_FAMILY.values() or strategy == "linear":
+        mode = _LINEAR_FAMILY[len(spatial)]
+    if mode == "bicubic" and len(spatial) != 2:
+        raise ValueError("interpolation_strategy 'bicubic' applies to 2-D feature maps only")
+    align = {} if mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
+    return F.interpolate(out, size=size, mode=mode, **align)
+
+
+def observe_conv(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """``(N, C, *spatial)`` rows according to ``config.conv_method``."""
+    out = _tensor_output(output)
+    if out.ndim == _spatial_dims(module) + 1:  # unbatched input
+        out = out.unsqueeze(0)
+    if config.interpolation_strategy is not None:
+        out = shrink_feature_map(out, config.interpolation_strategy, config.interpolation_downsampling)
+    method = config.conv_method
+    if method == "flatten":
+        return out.flatten(1)
+    maps = out.flatten(2)  # (N, C, S), a view
+    if method == "channelwise":
+        return maps.transpose(1, 2)  # (N, S, C): every position is a sample
+    if method == "mean":
+        return maps.mean(-1)
+    if method == "max":
+        return maps.amax(-1)
+    return maps.median(-1).values
+
+
+# ----------------------------------------------------------------------- recurrent
+def observe_recurrent(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """The output sequence of RNN/LSTM/GRU, never the hidden-state tuple."""
+    sequence = output[0] if isinstance(output, tuple) else output
+    last = config.timeseries_method == "last_timestep"
+    if isinstance(sequence, PackedSequence):
+        if not last:
+            return sequence.data  # every valid step, no padding
+        padded, lengths = pad_packed_sequence(sequence, batch_first=True)
+        index = (lengths - 1).to(padded.device)
+        return padded[torch.arange(padded.shape[0], device=padded.device), index]
+    sequence = _tensor_output(sequence)
+    if not last:
+        return sequence  # (T, N, F) or (N, T, F) or (T, F): all steps are samples
+    if sequence.ndim == 2:  # unbatched (T, F)
+        return sequence[-1:]
+    return sequence[:, -1] if getattr(module, "batch_first", False) else sequence[-1]
+
+
+# ----------------------------------------------------------------------- attention
+def observe_attention(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """The attention output of MultiheadAttention; every token is a sample."""
+    attended = output[0] if isinstance(output, tuple) else output
+    return observe_features_last(module, attended, config)
+
+
+for _type in (nn.Linear, nn.Bilinear):
+    register_observer(_type, observe_features_last, kind="linear")
+for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register_observer(_type, observe_conv, kind="conv")
+for _type in (nn.RNN, nn.LSTM, nn.GRU):
+    register_observer(_type, observe_recurrent, kind="recurrent")
+register_observer(nn.MultiheadAttention, observe_attention, kind="attention")

@@ -1,0 +1,158 @@
+"""Per-layer recording state: one accumulator per mode, counters and a lock.
+
+This is the forward hook's hot path. Per call it does a few dictionary look-ups
+and integer comparisons in Python, builds the observation view and hands it to
+the covariance update; nothing here reads a value back from the device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .covariance import TorchCovarianceMatrix
+from .observations import ObservationConfig, observe
+from .sampling import ReservoirSample
+from .statistics import FeatureAccumulator
+
+__all__ = ["RecordingSettings", "ModeState", "LayerRecorder"]
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """What every layer of one tracker records, and how."""
+
+    observation: ObservationConfig
+    log_interval: int = 1
+    max_samples: int | None = None
+    device: torch.device | None = None
+    precision: str = "float64"
+    sample_size: int | None = None  # reservoir rows per layer and mode, None: no sample
+    # (statistic key, factory) for statistics that accumulate more than the covariance
+    extra_accumulators: tuple[tuple[str, Callable[[], FeatureAccumulator]], ...] = ()
+
+
+@dataclass
+class ModeState:
+    """What one layer accumulated in one mode (``train`` or ``eval``)."""
+
+    covariance: TorchCovarianceMatrix
+    sample: ReservoirSample | None = None
+    forward_calls: int = 0
+    rows_offered: int = 0
+    extras: dict[str, FeatureAccumulator] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.covariance.reset()
+        if self.sample is not None:
+            self.sample.reset()
+        for accumulator in self.extras.values():
+            accumulator.reset()
+        self.forward_calls = 0
+        self.rows_offered = 0
+
+
+class LayerRecorder:
+    """Feed one layer's outputs into its per-mode accumulators.
+
+    Parameters
+    ----------
+    name : str
+        The layer's name in every output.
+    settings : RecordingSettings
+        Shared by all layers of a tracker.
+    """
+
+    def __init__(self, name: str, settings: RecordingSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.modes: dict[str, ModeState] = {}
+        # Hooks may run concurrently (DataParallel replicas, user threads).
+        self.lock = threading.Lock()
+
+    def state(self, mode: str) -> ModeState:
+        """The mode's state, created on first use."""
+        state = self.modes.get(mode)
+        if state is None:
+            settings = self.settings
+            sample = ReservoirSample(settings.sample_size) if settings.sample_size else None
+            state = ModeState(
+                TorchCovarianceMatrix(device=settings.device, precision=settings.precision),
+                sample,
+                extras={key: factory() for key, factory in settings.extra_accumulators},
+            )
+            self.modes[mode] = state
+        return state
+
+    @torch.no_grad()
+    def record(self, module: nn.Module, output: object, mode: str) -> bool:
+        """Merge one forward pass; returns whether it was recorded."""
+        settings = self.settings
+        with self.lock:
+            state = self.state(mode)
+            call = state.forward_calls
+            state.forward_calls = call + 1
+            if call % settings.log_interval:
+                return False
+            budget = None
+            if settings.max_samples is not None:
+                budget = settings.max_samples - state.rows_offered
+                if budget <= 0:
+                    return False
+            rows = observe(module, output, settings.observation, self.name).detach()
+            d = rows.shape[-1]
+            n = rows.numel() // d if d else 0
+            if budget is not None and n > budget:
+                rows = rows.reshape(-1, d)[:budget]
+                n = budget
+            state.rows_offered += n
+            if torch.is_autocast_enabled(rows.device.type):
+                # Autocast would run the Gram product in half precision.
+                with torch.autocast(rows.device.type, enabled=False):
+                    self._accumulate(state, rows)
+            else:
+                self._accumulate(state, rows)
+            return True
+
+    def _accumulate(self, state: ModeState, rows: torch.Tensor) -> None:
+        state.covariance.update_rows(rows)
+        if state.sample is not None:
+            state.sample.add(rows.reshape(-1, rows.shape[-1]))
+        for accumulator in state.extras.values():
+            accumulator.update(rows)
+
+    def reset(self) -> None:
+        """Forget everything recorded since the last reset, in every mode."""
+        with self.lock:
+            for state in self.modes.values():
+                state.reset()
+
+    def state_dict(self) -> dict:
+        """Accumulators and counters, tensors and plain Python values only."""
+        with self.lock:
+            return {
+                mode: {
+                    "covariance": state.covariance.state_dict(),
+                    "forward_calls": state.forward_calls,
+                    "rows_offered": state.rows_offered,
+                    "extras": {key: acc.state_dict() for key, acc in state.extras.items()},
+                }
+                for mode, state in self.modes.items()
+            }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` produced."""
+        with self.lock:
+            self.modes.clear()
+            for mode, saved in state_dict.items():
+                state = self.state(mode)
+                state.covariance.load_state_dict(saved["covariance"])
+                state.forward_calls = int(saved["forward_calls"])
+                state.rows_offered = int(saved["rows_offered"])
+                for key, extra_state in saved.get("extras", {}).items():
+                    if key in state.extras:
+                        state.extras[key].load_state_dict(extra_state)

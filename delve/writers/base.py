@@ -1,0 +1,138 @@
+"""The writer interface and the composite that fans values out to many writers.
+
+A tracker talks to its writers through four calls per epoch: ``add_scalar`` for
+every scalar value (statistics and user scalars alike), ``add_array`` for array
+statistics (``cov``, ``embed``), ``save`` once the epoch is complete, and
+``close`` at the end. ``resume_from_saved_state`` is called once, before any
+value, when a run continues from ``initial_epoch > 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AbstractWriter", "CompositeWriter", "CompositWriter", "WriterError"]
+
+logger = logging.getLogger("delve")
+
+
+class WriterError(RuntimeError):
+    """One or more writers failed; the message names each writer and its error."""
+
+
+class AbstractWriter(ABC):
+    """Base class of every writer.
+
+    Parameters
+    ----------
+    savepath : str
+        The run's path prefix (the tracker's ``savefile``); a writer derives
+        its files from it, e.g. ``<savepath>.csv``.
+
+    Examples
+    --------
+    >>> class ListWriter(AbstractWriter):
+    ...     def __init__(self, savepath="", **kwargs):
+    ...         super().__init__(savepath)
+    ...         self.seen = []
+    ...     def add_scalar(self, name, value, epoch=None, **kwargs):
+    ...         self.seen.append((epoch, name, value))
+    ...     def save(self):
+    ...         pass
+    >>> writer = ListWriter()
+    >>> writer.add_scalars("train-", {"loss": 0.5}, epoch=0)
+    >>> writer.seen
+    [(0, 'train-loss', 0.5)]
+    """
+
+    def __init__(self, savepath: str = "", **kwargs: Any) -> None:
+        self.savepath = str(savepath)
+
+    @abstractmethod
+    def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
+        """Record one scalar for ``epoch``."""
+
+    def add_scalars(
+        self, prefix: str, value_dict: Mapping[str, float], epoch: int | None = None, **kwargs: Any
+    ) -> None:
+        """Record several scalars named ``prefix + key``."""
+        for key, value in value_dict.items():
+            self.add_scalar(f"{prefix}{key}", value, epoch, **kwargs)
+
+    def add_array(self, name: str, value: np.ndarray, epoch: int | None = None) -> None:
+        """Record an array value (``cov``, ``embed``); ignored by scalar-only writers."""
+        return None
+
+    @abstractmethod
+    def save(self) -> None:
+        """Persist everything recorded so far; called once per epoch."""
+
+    def close(self) -> None:
+        """Release files and handles. The default saves."""
+        self.save()
+
+    def resume_from_saved_state(self, initial_epoch: int) -> None:
+        """Continue a run that stopped before ``initial_epoch``.
+
+        Writers that persist history keep what was written for epochs before
+        ``initial_epoch`` and drop the rest.
+        """
+        return None
+
+
+class CompositeWriter(AbstractWriter):
+    """Forward every call to several writers.
+
+    A writer that raises does not stop the others: every writer gets every
+    call, then one :class:`WriterError` names each writer that failed.
+
+    Examples
+    --------
+    >>> from delve.writers import CompositeWriter
+    >>> CompositeWriter([]).writers
+    []
+    """
+
+    def __init__(self, writers: Iterable[AbstractWriter], savepath: str = "", **kwargs: Any) -> None:
+        super().__init__(savepath)
+        self.writers = list(writers)
+
+    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
+        failures = []
+        for writer in self.writers:
+            try:
+                getattr(writer, method)(*args, **kwargs)
+            except Exception as error:
+                failures.append(f"{type(writer).__name__}.{method}: {type(error).__name__}: {error}")
+                logger.error("delve writer %s failed in %s: %s", type(writer).__name__, method, error)
+        if failures:
+            raise WriterError("; ".join(failures))
+
+    def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
+        self._each("add_scalar", name, value, epoch, **kwargs)
+
+    def add_scalars(
+        self, prefix: str, value_dict: Mapping[str, float], epoch: int | None = None, **kwargs: Any
+    ) -> None:
+        self._each("add_scalars", prefix, value_dict, epoch, **kwargs)
+
+    def add_array(self, name: str, value: np.ndarray, epoch: int | None = None) -> None:
+        self._each("add_array", name, value, epoch)
+
+    def save(self) -> None:
+        self._each("save")
+
+    def close(self) -> None:
+        self._each("close")
+
+    def resume_from_saved_state(self, initial_epoch: int) -> None:
+        self._each("resume_from_saved_state", initial_epoch)
+
+
+#: The 0.1.x spelling, kept so existing imports work.
+CompositWriter = CompositeWriter

@@ -1,0 +1,84 @@
+"""CSV output: ``<savepath>.csv``, ``;``-separated, one row per epoch."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import pandas as pd
+
+from ..io import atomic_write
+from .base import AbstractWriter
+
+__all__ = ["CSVWriter"]
+
+
+class CSVWriter(AbstractWriter):
+    """Write every scalar to ``<savepath>.csv``.
+
+    The index column ``epoch`` holds the epoch; each logged value has a column.
+    A column that appears only in later epochs (a layer first seen in epoch 3,
+    a scalar logged once) is empty (NaN) in the other rows. The file is
+    rewritten atomically on every :meth:`save`.
+
+    Parameters
+    ----------
+    savepath : str
+        Path prefix; the file is ``savepath + ".csv"``.
+
+    Examples
+    --------
+    >>> import os, tempfile, pandas as pd
+    >>> path = os.path.join(tempfile.mkdtemp(), "run")
+    >>> writer = CSVWriter(path)
+    >>> writer.add_scalar("train-saturation_fc", 0.25, epoch=0)
+    >>> writer.save()
+    >>> pd.read_csv(path + ".csv", sep=";", index_col=0).loc[0, "train-saturation_fc"]
+    np.float64(0.25)
+    """
+
+    def __init__(self, savepath: str, **kwargs: Any) -> None:
+        super().__init__(savepath)
+        self.path = self.savepath + ".csv"
+        self._rows: dict[int, dict[str, float]] = {}
+        self._columns: dict[str, None] = {}
+
+    def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
+        epoch = self._latest_epoch() if epoch is None else int(epoch)
+        self._rows.setdefault(epoch, {})[name] = _as_float(value)
+        self._columns.setdefault(name)
+
+    def _latest_epoch(self) -> int:
+        return max(self._rows, default=0)
+
+    def dataframe(self) -> pd.DataFrame:
+        """Everything recorded so far, one row per epoch."""
+        frame = pd.DataFrame.from_dict(self._rows, orient="index", columns=list(self._columns))
+        frame.index.name = "epoch"
+        return frame.sort_index()
+
+    def save(self) -> None:
+        frame = self.dataframe()
+        atomic_write(self.path, lambda handle: frame.to_csv(handle, sep=";"))
+
+    def resume_from_saved_state(self, initial_epoch: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        frame = pd.read_csv(self.path, sep=";", index_col=0)
+        frame = frame[frame.index < initial_epoch]
+        for column in frame.columns:
+            self._columns.setdefault(column)
+        for epoch, row in frame.iterrows():
+            self._rows[int(epoch)] = {k: v for k, v in row.items() if not _is_nan(v)}
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"CSV values must be scalars, got {type(value).__name__}") from error
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

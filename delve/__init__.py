@@ -15,19 +15,29 @@ True
 
 import logging
 
+from .activity import MeanAbsoluteActivity, dormant_fraction
 from .covariance import EmptyCovarianceError, TorchCovarianceMatrix
 from .metrics import (
     covariance_trace,
     diagonal_trace,
+    effective_rank,
     eigenvalues,
     embed_top2,
     intrinsic_dimensionality,
     log_determinant,
+    participation_ratio,
     saturation,
     spectra,
+    spectral_decay_exponent,
     spectrum,
 )
 from .observations import ObservationConfig, register_observer
+from .pca_layers import (
+    Conv2DPCALayer,
+    LinearPCALayer,
+    change_all_pca_layer_thresholds,
+    change_all_pca_layer_thresholds_and_inject_random_directions,
+)
 from .statistics import Statistic, register_statistic
 from .tracker import CheckLayerSat, SaturationTracker
 from .writers.registry import register_writer
@@ -55,5 +65,14 @@ __all__ = [
     "diagonal_trace",
     "log_determinant",
     "embed_top2",
+    "effective_rank",
+    "participation_ratio",
+    "spectral_decay_exponent",
+    "dormant_fraction",
+    "MeanAbsoluteActivity",
+    "LinearPCALayer",
+    "Conv2DPCALayer",
+    "change_all_pca_layer_thresholds",
+    "change_all_pca_layer_thresholds_and_inject_random_directions",
     "__version__",
 ]

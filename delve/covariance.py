@@ -194,8 +194,10 @@ class TorchCovarianceMatrix:
 
         batch_mean = x.mean(dim=tuple(range(x.ndim - 1)), dtype=self.dtype)
         centred = torch.empty(x.shape, dtype=self._product_dtype, device=x.device)
-        # One pass gathers a strided view, upcasts and centres.
-        torch.sub(x, batch_mean.to(self._product_dtype), out=centred)
+        # One pass gathers a strided view, upcasts and centres. The subtraction
+        # runs in float64 even when the product is float32: rounding the mean
+        # first would leave an offset error that grows with |mean|.
+        torch.sub(x, batch_mean, out=centred)
         centred = centred.view(n, d)
         if self._device_count is None:
             # CPU kernels run eagerly: reading the flag costs no device

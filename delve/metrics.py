@@ -37,6 +37,9 @@ __all__ = [
     "diagonal_trace",
     "log_determinant",
     "embed_top2",
+    "effective_rank",
+    "participation_ratio",
+    "spectral_decay_exponent",
 ]
 
 
@@ -232,3 +235,133 @@ def embed_top2(
 def _check_threshold(threshold: float) -> None:
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+
+
+def effective_rank(values: torch.Tensor) -> float:
+    """Effective rank of a spectrum (Roy and Vetterli 2007).
+
+    With ``p_i = l_i / sum_j l_j`` the normalised eigenvalues, the effective
+    rank is ``exp(H)``, ``H = -sum_i p_i log p_i`` their Shannon entropy in
+    nats (``0 log 0 = 0``). It lies in ``[1, d]``: 1 when one direction holds
+    all the variance, ``d`` when the variance is spread evenly.
+
+    Reference: O. Roy and M. Vetterli, "The effective rank: a measure of
+    effective dimensionality", 15th European Signal Processing Conference
+    (EUSIPCO), 2007.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        Eigenvalues, non-negative (any order).
+
+    Returns
+    -------
+    float
+        The effective rank; ``0.0`` when the total variance is zero (a dead
+        layer has no direction of variance, as its intrinsic dimensionality 0).
+
+    Examples
+    --------
+    >>> effective_rank(torch.tensor([2.0, 2.0, 0.0]))
+    2.0
+    >>> round(effective_rank(torch.tensor([3.0, 1.0])), 4)  # exp(-(.75 ln .75 + .25 ln .25))
+    1.7548
+    >>> effective_rank(torch.zeros(3))
+    0.0
+    """
+    values = values.to(torch.float64).clamp_min(0)
+    total = values.sum()
+    if not bool(total > 0):
+        return 0.0
+    p = values / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def participation_ratio(values: torch.Tensor) -> float:
+    """Participation ratio ``(sum_i l_i)^2 / sum_i l_i^2`` of a spectrum.
+
+    Like the effective rank it lies in ``[1, d]`` (1: a single direction,
+    ``d``: isotropic) but weighs large eigenvalues more. It is the
+    dimensionality measure used for neural population activity, e.g. in
+    P. Gao et al., "A theory of multineuronal dimensionality, dynamics and
+    measurement", bioRxiv 214262, 2017.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        Eigenvalues, non-negative (any order).
+
+    Returns
+    -------
+    float
+        The ratio; ``0.0`` when the total variance is zero.
+
+    Examples
+    --------
+    >>> participation_ratio(torch.tensor([3.0, 1.0]))  # 16 / 10
+    1.6
+    >>> participation_ratio(torch.zeros(2))
+    0.0
+    """
+    values = values.to(torch.float64).clamp_min(0)
+    squares = (values * values).sum()
+    if not bool(squares > 0):
+        return 0.0
+    return float(values.sum() ** 2 / squares)
+
+
+def spectral_decay_exponent(values: torch.Tensor, top: int | None = None) -> float:
+    """Power-law decay exponent ``alpha`` of a spectrum, ``l_i ~ i^(-alpha)``.
+
+    The least-squares slope of ``log l_i`` against ``log i`` (``i = 1, 2, ...``),
+    negated, as in alpha-ReQ (K. K. Agrawal, A. K. Mondal, A. Ghosh and
+    B. A. Richards, "alpha-ReQ: Assessing representation quality in
+    self-supervised learning by measuring eigenspectrum decay", NeurIPS 2022).
+
+    Which eigenvalues enter the fit: the leading ones, ``l_1 .. l_m``, where
+    ``m`` counts the numerically positive eigenvalues (``l_i > d * eps * l_1``,
+    the floor :func:`log_determinant` uses, float64 ``eps``) among the first
+    ``top`` (all ``d`` by default). Exactly-zero and round-off eigenvalues
+    would otherwise dominate a log-log fit.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        Eigenvalues in descending order, non-negative.
+    top : int, optional
+        Fit only the ``top`` largest eigenvalues (at least 2).
+
+    Returns
+    -------
+    float
+        ``alpha``; larger means faster decay, 0 a flat spectrum. ``0.0`` when
+        fewer than two eigenvalues are positive (a dead layer, or a single
+        direction), where no slope can be fitted.
+
+    Examples
+    --------
+    >>> spectral_decay_exponent(torch.tensor([4.0, 1.0]))  # log 4 / log 2
+    2.0
+    >>> i = torch.arange(1, 51, dtype=torch.float64)
+    >>> round(spectral_decay_exponent(3.0 * i ** -1.5), 6)
+    1.5
+    >>> spectral_decay_exponent(torch.tensor([1.0, 0.0, 0.0]))
+    0.0
+    """
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 2):
+        raise ValueError(f"top must be None or an int >= 2, got {top!r}")
+    values = values.to(torch.float64)
+    d = values.shape[-1]
+    if d < 2:
+        return 0.0
+    floor = d * torch.finfo(torch.float64).eps * values[0].clamp_min(0)
+    leading = values[:top] if top is not None else values
+    m = int(torch.count_nonzero(leading > floor))
+    if m < 2:
+        return 0.0
+    log_rank = torch.log(torch.arange(1, m + 1, dtype=torch.float64, device=values.device))
+    log_value = torch.log(leading[:m])
+    centred_rank = log_rank - log_rank.mean()
+    slope = (centred_rank * (log_value - log_value.mean())).sum() / (centred_rank * centred_rank).sum()
+    return float(-slope)

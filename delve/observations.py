@@ -139,7 +139,11 @@ def observe(module: nn.Module, output: object, config: ObservationConfig, layer:
     entry = find_observer(module)
     if entry is None:
         raise UnsupportedOutputError(_unsupported_message(module, output, layer))
-    rows = entry.observer(module, output, config)
+    try:
+        rows = entry.observer(module, output, config)
+    except UnsupportedOutputError as error:
+        # Built-in observers only know the output; the message must name the layer.
+        raise UnsupportedOutputError(_unsupported_message(module, output, layer)) from error
     if not isinstance(rows, torch.Tensor) or rows.ndim < 1 or not rows.is_floating_point():
         raise UnsupportedOutputError(_unsupported_message(module, output, layer))
     return rows

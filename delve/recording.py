@@ -140,6 +140,7 @@ class LayerRecorder:
                     "forward_calls": state.forward_calls,
                     "rows_offered": state.rows_offered,
                     "extras": {key: acc.state_dict() for key, acc in state.extras.items()},
+                    **({"sample": state.sample.state_dict()} if state.sample is not None else {}),
                 }
                 for mode, state in self.modes.items()
             }
@@ -153,6 +154,8 @@ class LayerRecorder:
                 state.covariance.load_state_dict(saved["covariance"])
                 state.forward_calls = int(saved["forward_calls"])
                 state.rows_offered = int(saved["rows_offered"])
+                if state.sample is not None and "sample" in saved:
+                    state.sample.load_state_dict(saved["sample"])
                 for key, extra_state in saved.get("extras", {}).items():
                     if key in state.extras:
                         state.extras[key].load_state_dict(extra_state)

@@ -15,6 +15,10 @@ key        logged name                 value
 ``trc``    ``covariance-trace``        sum of the diagonal of Q
 ``dtrc``   ``diagonal-trace``          sum of the eigenvalues of Q
 ``embed``  ``embedded-sample``         reservoir sample on the top-2 eigenvectors
+``erank``  ``effective-rank``          exp of the entropy of the normalised eigenvalues
+``pr``     ``participation-ratio``     (sum of eigenvalues)^2 / sum of squared eigenvalues
+``alpha``  ``spectral-decay``          power-law decay exponent of the eigenvalues (alpha-ReQ)
+``dorm``   ``dormant-fraction``        share of units with mean |x| <= 0.025 x the layer's mean
 =========  ==========================  =============================================
 """
 
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .activity import DEFAULT_DORMANT_TAU, MeanAbsoluteActivity, dormant_fraction
 from .metrics import Spectrum
 
 __all__ = [
@@ -128,6 +133,11 @@ def _embed(summary: LayerSummary) -> np.ndarray:
     return coords.cpu().numpy()
 
 
+def _dormant(summary: LayerSummary) -> float:
+    activity = summary.extras["dorm"]
+    return dormant_fraction(activity.mean_abs(), DEFAULT_DORMANT_TAU)
+
+
 STATISTICS: dict[str, Statistic] = {}
 
 
@@ -158,6 +168,10 @@ for _statistic in (
     Statistic("trc", "covariance-trace", lambda s: metrics.covariance_trace(s.covariance)),
     Statistic("dtrc", "diagonal-trace", lambda s: metrics.diagonal_trace(s.spectrum.values)),
     Statistic("embed", "embedded-sample", _embed, needs_vectors=True, scalar=False),
+    Statistic("erank", "effective-rank", lambda s: metrics.effective_rank(s.spectrum.values)),
+    Statistic("pr", "participation-ratio", lambda s: metrics.participation_ratio(s.spectrum.values)),
+    Statistic("alpha", "spectral-decay", lambda s: metrics.spectral_decay_exponent(s.spectrum.values)),
+    Statistic("dorm", "dormant-fraction", _dormant, accumulator=MeanAbsoluteActivity),
 ):
     register_statistic(_statistic)
 
@@ -178,7 +192,9 @@ def resolve_stats(stats: str | Iterable[str]) -> list[str]:
     resolved: list[str] = []
     for entry in stats:
         if not isinstance(entry, str):
-            raise ValueError(f"stats entries must be strings, got {entry!r}")
+            raise ValueError(
+                f"stats entries must be strings, got {entry!r}; accepted keys: {', '.join(sorted(STATISTICS))}"
+            )
         key = entry[: -len("_eval")] if entry.endswith("_eval") else entry
         if key not in STATISTICS:
             accepted = ", ".join(sorted(STATISTICS))

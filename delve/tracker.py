@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 import warnings
 import weakref
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
+from .covariance import TorchCovarianceMatrix
 from .layers import TrackedLayer, discover_layers
 from .metrics import spectra
 from .naming import MODES, value_name
@@ -27,6 +30,7 @@ __all__ = ["SaturationTracker", "CheckLayerSat"]
 logger = logging.getLogger("delve")
 
 PRECISIONS = ("float64", "float32")
+_STATE_FORMAT = 1  # bump when state_dict's layout changes
 DEFAULT_EMBED_SIZE = 500
 
 
@@ -36,6 +40,18 @@ class _ForwardHook:
     It holds the tracker's per-layer recorder. A copy of the model (pickle,
     ``copy.deepcopy``) gets an inert hook instead, so copies are never tracked
     and copying never drags the tracker (locks, writers) along.
+
+    Three situations need care before a forward pass is recorded:
+
+    * ``torch.compile``: the recording is Python with locks and data-dependent
+      branches, which Dynamo would trace into a graph with many breaks (or
+      fail on). It runs outside the compiler instead: one graph break per
+      tracked layer, the same statistics as eager.
+    * Activation checkpointing (``torch.utils.checkpoint``) runs the forward
+      again inside backward to rebuild activations; that recomputation is
+      skipped, so every batch is counted once.
+    * ``torch.inference_mode``: accumulators created there would be inference
+      tensors that training could never update in place again.
     """
 
     __slots__ = ("recorder", "tracker")
@@ -47,16 +63,48 @@ class _ForwardHook:
         self.recorder = recorder
 
     def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            _record_outside_compiler(self, module, output)
+        else:
+            self.record(module, output)
+
+    def record(self, module: nn.Module, output: Any) -> None:
         tracker = self.tracker()
-        if tracker is None or not tracker._recording:
+        if tracker is None or not tracker._recording or _in_backward():
             return
         recorder = self.recorder
-        recorded = recorder.record(module, output, "train" if module.training else "eval")
+        mode = "train" if module.training else "eval"
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                recorded = recorder.record(module, output, mode)
+        else:
+            recorded = recorder.record(module, output, mode)
         if recorded and recorder.name not in tracker._forward_order:
             tracker._note_first_forward(recorder.name)
 
     def __reduce__(self) -> tuple:
         return (_inert_hook, ())
+
+
+# torch._disable_dynamo defers importing Dynamo (seconds) until a compiled model
+# first reaches a hook; torch.compiler.disable imports it at once.
+_record_outside_compiler = getattr(torch, "_disable_dynamo", torch.compiler.disable)(_ForwardHook.record)
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass in this thread.
+
+    A forward pass inside backward is activation checkpointing rebuilding
+    what it dropped: the batch was recorded when it first went forward.
+    """
+    return _current_graph_task_id() != -1
+
+
+def _no_graph_task() -> int:
+    return -1
+
+
+_current_graph_task_id = getattr(torch._C, "_current_graph_task_id", _no_graph_task)
 
 
 def _inert_hook(*args: Any) -> Callable[..., None]:
@@ -139,6 +187,46 @@ class SaturationTracker:
         float64. ``"float32"`` is faster at about 1e-7 relative error.
     embed_size : int
         Rows kept per layer and mode for the ``embed`` statistic.
+    write_rank : int or None
+        Under ``torch.distributed``, the rank whose writers write (default 0);
+        the other ranks build no writer and create no file. ``None`` lets
+        every rank write (give each its own ``savefile``). Every rank returns
+        the same values from :meth:`add_saturations`.
+    process_group : ProcessGroup, optional
+        The group whose ranks are merged; the default group when ``None``.
+    sync_ranks : bool
+        Merge the accumulators of all ranks at :meth:`add_saturations`
+        (default). ``False`` keeps every rank's statistics to itself, for
+        ranks that train different models.
+
+    Notes
+    -----
+    *Non-finite outputs.* A recorded batch that holds a NaN or an Inf is left
+    out whole: its finite rows are not merged either, because a layer that
+    produced NaN for some samples is already misbehaving and keeping the rest
+    would bias the statistics towards the samples that survived. The
+    statistics therefore stay finite. The number of rejected batches is
+    logged as ``<mode>-nonfinite-batches_<layer>`` and reported once per layer,
+    mode and epoch with :func:`warnings.warn` (a ``RuntimeWarning``).
+
+    *Threads.* Hooks may run in several threads at once (``nn.DataParallel``
+    replicas, user threads); each layer's accumulators are guarded by a lock,
+    so no update is lost.
+
+    *Activation checkpointing.* ``torch.utils.checkpoint`` runs a segment's
+    forward again during backward; that recomputation is not recorded (it is
+    recognised by autograd running a backward pass in the thread), so every
+    batch counts once, with ``use_reentrant`` either way. A forward pass that
+    user code starts from inside a backward hook is ignored for the same
+    reason.
+
+    *torch.compile.* A model compiled before or after the tracker is attached
+    keeps feeding it: the hooks run outside the compiled graph (one graph
+    break per tracked layer) and give the same statistics as eager mode.
+
+    *Mixed precision.* float16 and bfloat16 outputs (``torch.autocast``) are
+    upcast before any product (to float64, or float32 with
+    ``precision="float32"``), so large half-precision values do not overflow.
 
     Examples
     --------
@@ -179,6 +267,9 @@ class SaturationTracker:
         interpolation_downsampling: int = 32,
         precision: str = "float64",
         embed_size: int = DEFAULT_EMBED_SIZE,
+        write_rank: int | None = 0,
+        process_group: Any = None,
+        sync_ranks: bool = True,
     ) -> None:
         if isinstance(layer_filter, Mapping) and writer_args is None:
             # delve 0.1.x took writer_args as the fourth positional argument.
@@ -188,8 +279,17 @@ class SaturationTracker:
         _check_int("log_interval", log_interval, minimum=1)
         if max_samples is not None:
             _check_int("max_samples", max_samples, minimum=1)
+            max_samples = int(max_samples)
         _check_int("initial_epoch", initial_epoch, minimum=0)
         _check_int("embed_size", embed_size, minimum=1)
+        if write_rank is not None:
+            _check_int("write_rank", write_rank, minimum=0)
+            world_size = distributed.get_world_size(process_group) if sync_ranks else 1
+            if sync_ranks and write_rank >= world_size:
+                raise ValueError(
+                    f"write_rank must be None (every rank writes) or a rank in 0..{world_size - 1}, "
+                    f"got {write_rank!r}"
+                )
         if isinstance(sat_threshold, bool) or not isinstance(sat_threshold, (int, float)) or not (
             0.0 < sat_threshold <= 1.0
         ):
@@ -226,6 +326,12 @@ class SaturationTracker:
         self.log_interval = int(log_interval)
         self.max_samples = max_samples
         self.precision = precision
+        self.process_group = process_group
+        self.sync_ranks = bool(sync_ranks)
+        self.write_rank = None if write_rank is None else int(write_rank)
+        self.rank = distributed.get_rank(process_group)
+        # Ranks other than write_rank build no writer at all, so they create no files.
+        self.is_writer = self.write_rank is None or self.rank == self.write_rank
         if self.verbose:
             _enable_console_logging()
 
@@ -235,7 +341,7 @@ class SaturationTracker:
             max_samples=max_samples,
             device=device,
             precision=precision,
-            sample_size=embed_size if "embed" in self.stats else None,
+            sample_size=int(embed_size) if "embed" in self.stats else None,
             extra_accumulators=tuple(
                 (key, STATISTICS[key].accumulator)  # type: ignore[misc]
                 for key in self.stats
@@ -243,17 +349,22 @@ class SaturationTracker:
             ),
         )
         self._recorders = {layer.name: LayerRecorder(layer.name, self.settings) for layer in self.layers}
+        self._layer_modules = {layer.name: layer.module for layer in self.layers}
         self._forward_order: dict[str, None] = {}
         self._order_lock = threading.Lock()
         self._recording = True
         self._closed = False
+        self._warned: set[tuple[int, str, str]] = set()
+        self._written = False
+        self._writers_resumed_at: int | None = None
 
-        if self.nosave:
+        if self.nosave or not self.is_writer:
             self.writer = CompositeWriter([], self.savefile)
         else:
             self.writer = build_writer(save_to_entries, self.savefile, writer_args)
         if self.initial_epoch > 0:
             self.writer.resume_from_saved_state(self.initial_epoch)
+            self._writers_resumed_at = self.initial_epoch
 
         self._handles = [
             layer.module.register_forward_hook(_ForwardHook(self, self._recorders[layer.name]))
@@ -286,8 +397,35 @@ class SaturationTracker:
         return self._recording
 
     # ----------------------------------------------------------- computation
+    def _gather(self) -> dict[tuple[str, str], tuple[TorchCovarianceMatrix | None, Any]]:
+        """Every layer's and mode's accumulator, merged across ranks when distributed.
+
+        The slots are the layer list times the modes, the same on every rank
+        whatever each rank saw, so every rank joins the same collectives.
+        """
+        slots = [(name, mode) for name in self._recorders for mode in MODES]
+        local: list[TorchCovarianceMatrix | None] = []
+        states = []
+        for name, mode in slots:
+            recorder = self._recorders[name]
+            with recorder.lock:
+                state = recorder.modes.get(mode)
+            states.append(state)
+            local.append(state.covariance if state is not None else None)
+        if self.sync_ranks and distributed.is_distributed(self.process_group):
+            devices = [self.device or _module_device(self._layer_modules[name]) for name, _ in slots]
+            merged = distributed.merge_across_ranks(local, self.process_group, devices)
+        else:
+            merged = local
+        return {slot: (accumulator, state) for slot, accumulator, state in zip(slots, merged, states)}
+
     def compute_saturations(self) -> dict[str, Any]:
         """The statistics of everything recorded since the last reset, without logging.
+
+        Under ``torch.distributed`` (see :mod:`delve.distributed`) every rank
+        must call this, or :meth:`add_saturations`, at the same point: the
+        accumulators of all ranks are merged first and every rank returns the
+        same values.
 
         Returns
         -------
@@ -295,32 +433,38 @@ class SaturationTracker:
             ``{"<mode>-<statistic>_<layer>": value}`` in forward order; scalar
             statistics are floats or ints, ``cov`` and ``embed`` numpy arrays.
         """
-        pending = []
+        gathered = self._gather()
+        entries = []
+        rejections = []
         for name in self.layer_names:
-            recorder = self._recorders[name]
-            with recorder.lock:
-                for mode in MODES:
-                    state = recorder.modes.get(mode)
-                    if state is not None:
-                        pending.append((name, mode, state, state.covariance.count, state.covariance.rejected_batches))
+            for mode in MODES:
+                accumulator, state = gathered[(name, mode)]
+                if accumulator is None:
+                    continue
+                # The lock keeps a hook in another thread from merging mid-read.
+                with self._recorders[name].lock:
+                    count = accumulator.count
+                    rejected = accumulator.rejected_batches
+                    if count > 0:
+                        entries.append((name, mode, state, count, accumulator.fix(), accumulator.mean.clone()))
+                if rejected:
+                    rejections.append((name, mode, rejected))
 
-        with_data = [entry for entry in pending if entry[3] > 0]
-        covariances = [state.covariance.fix() for _, _, state, _, _ in with_data]
         needs_vectors = any(STATISTICS[key].needs_vectors for key in self.stats)
-        decompositions = spectra(covariances, vectors=needs_vectors)
+        decompositions = spectra([entry[4] for entry in entries], vectors=needs_vectors)
 
         values: dict[str, Any] = {}
         saturations: dict[str, list[float]] = {mode: [] for mode in MODES}
-        for (name, mode, state, count, _), covariance, spectrum in zip(with_data, covariances, decompositions):
-            sample = state.sample.rows if state.sample is not None else None
+        for (name, mode, state, count, covariance, mean), spectrum in zip(entries, decompositions):
+            sample = state.sample.rows if state is not None and state.sample is not None else None
             summary = LayerSummary(
                 covariance=covariance,
                 spectrum=spectrum,
-                mean=state.covariance.mean,
+                mean=mean,
                 threshold=self.sat_threshold,
                 count=count,
                 sample=sample,
-                extras=state.extras,
+                extras=state.extras if state is not None else {},
             )
             for key in self.stats:
                 statistic = STATISTICS[key]
@@ -334,16 +478,24 @@ class SaturationTracker:
             for mode, per_layer in saturations.items():
                 if per_layer:
                     values[f"{mode}-average-saturation"] = float(np.mean(per_layer))
-        for name, mode, _, _, rejected in pending:
-            if rejected:
-                values[value_name(mode, "nonfinite-batches", name)] = rejected
-                warnings.warn(
-                    f"delve: layer {name!r} ({mode}) produced {rejected} batch(es) with NaN or Inf "
-                    "outputs this epoch; they were left out of its statistics",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+        for name, mode, rejected in rejections:
+            values[value_name(mode, "nonfinite-batches", name)] = rejected
+            self._warn_nonfinite(name, mode, rejected)
         return values
+
+    def _warn_nonfinite(self, name: str, mode: str, rejected: int) -> None:
+        """Warn once per layer, mode and epoch, on the writing rank only."""
+        key = (self.epoch, name, mode)
+        if key in self._warned or not self.is_writer:
+            return
+        self._warned = {entry for entry in self._warned if entry[0] == self.epoch}
+        self._warned.add(key)
+        warnings.warn(
+            f"delve: layer {name!r} ({mode}) produced {rejected} batch(es) with NaN or Inf "
+            f"outputs in epoch {self.epoch}; they were left out of its statistics",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def add_saturations(self, save: bool = True) -> dict[str, Any]:
         """Compute, log and reset: call once per epoch.
@@ -374,6 +526,7 @@ class SaturationTracker:
             if save:
                 self.writer.save()
         finally:
+            self._written = self._written or bool(values)
             self.epoch += 1
             if self.reset_covariance:
                 self.reset()
@@ -391,7 +544,9 @@ class SaturationTracker:
         for recorder in self._recorders.values():
             with recorder.lock:
                 for state in recorder.modes.values():
+                    # max_samples is a per-epoch budget, also when the covariance keeps accumulating.
                     state.forward_calls = 0
+                    state.rows_offered = 0
 
     # --------------------------------------------------------------- writers
     def add_scalar(self, name: str, value: float, **kwargs: Any) -> None:
@@ -445,23 +600,83 @@ class SaturationTracker:
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Accumulators, counters and the epoch; loads with ``torch.load(weights_only=True)``."""
+        """Everything needed to continue this tracker exactly where it stands.
+
+        The state holds, per layer and mode, the running count, mean and
+        co-moment (float64 tensors), the rejected-batch count, the reservoir
+        sample of ``embed`` with its generator, the forward-call and row
+        counters, plus the epoch and the layers' forward order. It is made of
+        tensors, ints, strings, lists and dicts only, so it is saved with
+        ``torch.save`` and loaded with ``torch.load(path, weights_only=True)``.
+
+        Under ``torch.distributed`` each rank's state holds that rank's rows
+        only; see the checkpoint documentation for saving per rank.
+
+        Returns
+        -------
+        dict
+            A fresh copy; later recording does not change it.
+
+        Examples
+        --------
+        >>> import io, torch
+        >>> from torch import nn
+        >>> model = nn.Linear(4, 3)
+        >>> tracker = SaturationTracker("run", modules=model, nosave=True)
+        >>> _ = model(torch.randn(10, 4))
+        >>> buffer = io.BytesIO()
+        >>> torch.save(tracker.state_dict(), buffer)
+        >>> _ = buffer.seek(0)
+        >>> state = torch.load(buffer, weights_only=True)
+        >>> state["layers"]["linear"]["train"]["covariance"]["comoment"].dtype
+        torch.float64
+        >>> tracker.close()
+        """
         return {
+            "format": _STATE_FORMAT,
             "epoch": self.epoch,
             "forward_order": list(self._forward_order),
             "layers": {name: recorder.state_dict() for name, recorder in self._recorders.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; layer names must match this tracker's."""
+        """Restore :meth:`state_dict`, mid-epoch or between epochs.
+
+        Layer names must match this tracker's. Accumulators go to each layer's
+        device (or ``device=``) whatever ``map_location`` the state was loaded
+        with. When a fresh tracker loads a state from a later epoch and was
+        not built with that ``initial_epoch``, its writers resume from the
+        state's epoch, so the rows already on disk are kept rather than
+        overwritten.
+
+        Raises
+        ------
+        ValueError
+            If the state is not a tracker state, or holds layers this tracker
+            does not track.
+        """
+        if not isinstance(state, Mapping) or not {"epoch", "layers", "forward_order"} <= set(state):
+            raise ValueError("not a SaturationTracker state: expected the keys 'epoch', 'layers', 'forward_order'")
+        if int(state.get("format", _STATE_FORMAT)) > _STATE_FORMAT:
+            raise ValueError(
+                f"the state has format {state['format']}, newer than this delve's {_STATE_FORMAT}; upgrade delve"
+            )
         unknown = set(state["layers"]) - set(self._recorders)
         if unknown:
-            raise ValueError(f"state holds layers this tracker does not track: {sorted(unknown)}")
-        self.epoch = int(state["epoch"])
+            raise ValueError(
+                f"state holds layers this tracker does not track: {sorted(unknown)}; "
+                f"tracked: {sorted(self._recorders)}"
+            )
+        epoch = int(state["epoch"])
+        if not self._written and epoch > 0 and self._writers_resumed_at != epoch:
+            self.writer.resume_from_saved_state(epoch)
+            self._writers_resumed_at = epoch
+        self.epoch = epoch
         with self._order_lock:
-            self._forward_order = dict.fromkeys(state["forward_order"])
+            self._forward_order = dict.fromkeys(n for n in state["forward_order"] if n in self._recorders)
         for name, recorder_state in state["layers"].items():
-            self._recorders[name].load_state_dict(recorder_state)
+            device = self.device or _module_device(self._layer_modules[name])
+            self._recorders[name].load_state_dict(_floating_to(recorder_state, device))
 
     def __repr__(self) -> str:
         return (
@@ -483,8 +698,27 @@ class CheckLayerSat(SaturationTracker):
 
 
 def _check_int(argument: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    # numbers.Integral admits numpy integers, which argparse/config code often yields.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
+
+
+def _floating_to(state: Any, device: torch.device) -> Any:
+    """``state`` with its floating tensors on ``device``; others (counters, RNG states) stay."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device) if state.is_floating_point() else state
+    if isinstance(state, Mapping):
+        return {key: _floating_to(value, device) for key, value in state.items()}
+    return state
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    """Where a layer computes: its first parameter's or buffer's device, else the CPU."""
+    for tensor in module.parameters(recurse=True):
+        return tensor.device
+    for tensor in module.buffers(recurse=True):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def _to_python(value: Any) -> Any:

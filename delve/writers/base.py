@@ -5,28 +5,62 @@ every scalar value (statistics and user scalars alike), ``add_array`` for array
 statistics (``cov``, ``embed``), ``save`` once the epoch is complete, and
 ``close`` at the end. ``resume_from_saved_state`` is called once, before any
 value, when a run continues from ``initial_epoch > 0``.
+
+Writers create nothing on disk before their first ``save``, so a tracker that
+is built and dropped, or one with ``nosave=True``, leaves no files behind.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-__all__ = ["AbstractWriter", "CompositeWriter", "CompositWriter", "WriterError"]
+__all__ = ["AbstractWriter", "CompositeWriter", "CompositWriter", "WriterError", "writing"]
 
 logger = logging.getLogger("delve")
 
 
 class WriterError(RuntimeError):
-    """One or more writers failed; the message names each writer and its error."""
+    """One or more writers failed; the message names each writer, and the file for I/O failures."""
+
+
+@contextmanager
+def writing(writer: object, path: object) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into a :class:`WriterError` naming it.
+
+    The temporary file of an atomic write has a random name; the user needs the
+    name of the file that could not be written, and why.
+
+    Examples
+    --------
+    >>> try:
+    ...     with writing("CSVWriter", "runs/a.csv"):
+    ...         raise PermissionError(13, "Permission denied")
+    ... except WriterError as error:
+    ...     print(error)
+    CSVWriter could not write runs/a.csv: Permission denied
+    """
+    try:
+        yield
+    except OSError as error:
+        name = writer if isinstance(writer, str) else type(writer).__name__
+        reason = error.strerror or str(error) or type(error).__name__
+        raise WriterError(f"{name} could not write {path}: {reason}") from error
 
 
 class AbstractWriter(ABC):
     """Base class of every writer.
+
+    Subclasses implement :meth:`add_scalar` and :meth:`save`; the rest has
+    working defaults. Writers built from a ``save_to`` key are constructed as
+    ``WriterClass(savepath, **writer_args)``, and ``writer_args`` is shared by
+    every writer of the tracker, so a writer should accept (and ignore)
+    keyword arguments meant for others.
 
     Parameters
     ----------
@@ -88,8 +122,12 @@ class AbstractWriter(ABC):
 class CompositeWriter(AbstractWriter):
     """Forward every call to several writers.
 
-    A writer that raises does not stop the others: every writer gets every
-    call, then one :class:`WriterError` names each writer that failed.
+    A writer that raises never stops the others: every writer gets every call.
+    Failures in ``add_*`` calls are collected and reported by the next
+    :meth:`save` or :meth:`close` (so one failing writer cannot cut an epoch
+    short for the others); failures in ``save``, ``close`` and
+    ``resume_from_saved_state`` are reported at once. Either way one
+    :class:`WriterError` names each writer that failed.
 
     Examples
     --------
@@ -101,28 +139,41 @@ class CompositeWriter(AbstractWriter):
     def __init__(self, writers: Iterable[AbstractWriter], savepath: str = "", **kwargs: Any) -> None:
         super().__init__(savepath)
         self.writers = list(writers)
+        # message -> number of times it happened since the last report
+        self._pending: dict[str, int] = {}
 
-    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
-        failures = []
+    def _each(self, method: str, *args: Any, report: bool = True, **kwargs: Any) -> None:
         for writer in self.writers:
             try:
                 getattr(writer, method)(*args, **kwargs)
             except Exception as error:
-                failures.append(f"{type(writer).__name__}.{method}: {type(error).__name__}: {error}")
-                logger.error("delve writer %s failed in %s: %s", type(writer).__name__, method, error)
-        if failures:
-            raise WriterError("; ".join(failures))
+                if isinstance(error, WriterError):
+                    message = str(error)
+                else:
+                    message = f"{type(writer).__name__}.{method}: {type(error).__name__}: {error}"
+                if message not in self._pending:
+                    logger.error("delve writer failed: %s", message)
+                self._pending[message] = self._pending.get(message, 0) + 1
+        if report:
+            self._report()
+
+    def _report(self) -> None:
+        if not self._pending:
+            return
+        failures = [f"{message} ({count} times)" if count > 1 else message for message, count in self._pending.items()]
+        self._pending = {}
+        raise WriterError("; ".join(failures))
 
     def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
-        self._each("add_scalar", name, value, epoch, **kwargs)
+        self._each("add_scalar", name, value, epoch, report=False, **kwargs)
 
     def add_scalars(
         self, prefix: str, value_dict: Mapping[str, float], epoch: int | None = None, **kwargs: Any
     ) -> None:
-        self._each("add_scalars", prefix, value_dict, epoch, **kwargs)
+        self._each("add_scalars", prefix, value_dict, epoch, report=False, **kwargs)
 
     def add_array(self, name: str, value: np.ndarray, epoch: int | None = None) -> None:
-        self._each("add_array", name, value, epoch)
+        self._each("add_array", name, value, epoch, report=False)
 
     def save(self) -> None:
         self._each("save")

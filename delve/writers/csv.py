@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import pandas as pd
 
 from ..io import atomic_write
-from .base import AbstractWriter
+from . import layout
+from .base import AbstractWriter, WriterError, writing
 
 __all__ = ["CSVWriter"]
 
@@ -17,10 +17,13 @@ __all__ = ["CSVWriter"]
 class CSVWriter(AbstractWriter):
     """Write every scalar to ``<savepath>.csv``.
 
-    The index column ``epoch`` holds the epoch; each logged value has a column.
-    A column that appears only in later epochs (a layer first seen in epoch 3,
-    a scalar logged once) is empty (NaN) in the other rows. The file is
-    rewritten atomically on every :meth:`save`.
+    The index column ``epoch`` holds the epoch; each logged value has a column,
+    in the order values first arrived (for the tracker's statistics, the
+    layers' forward order). A column that appears only in later epochs (a
+    layer first seen in epoch 3, a scalar logged once) is empty (NaN) in the
+    other rows. The file is rewritten atomically on every :meth:`save`, so a
+    crash leaves the previous epoch's complete file. Arrays (``cov``,
+    ``embed``) are not written; use the NPY writer for them.
 
     Parameters
     ----------
@@ -40,32 +43,41 @@ class CSVWriter(AbstractWriter):
 
     def __init__(self, savepath: str, **kwargs: Any) -> None:
         super().__init__(savepath)
-        self.path = self.savepath + ".csv"
+        self.path = str(layout.csv_path(self.savepath))
         self._rows: dict[int, dict[str, float]] = {}
         self._columns: dict[str, None] = {}
 
+    def _resolve_epoch(self, epoch: int | None) -> int:
+        return max(self._rows, default=0) if epoch is None else int(epoch)
+
     def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
-        epoch = self._latest_epoch() if epoch is None else int(epoch)
+        epoch = self._resolve_epoch(epoch)
         self._rows.setdefault(epoch, {})[name] = _as_float(value)
         self._columns.setdefault(name)
 
-    def _latest_epoch(self) -> int:
-        return max(self._rows, default=0)
-
     def dataframe(self) -> pd.DataFrame:
         """Everything recorded so far, one row per epoch."""
-        frame = pd.DataFrame.from_dict(self._rows, orient="index", columns=list(self._columns))
+        frame = pd.DataFrame.from_dict(self._rows, orient="index", columns=list(self._columns), dtype="float64")
+        frame.index = frame.index.astype("int64")
         frame.index.name = "epoch"
         return frame.sort_index()
 
     def save(self) -> None:
+        if not self._rows and not self._columns:
+            return  # nothing logged yet: leave no empty file behind
         frame = self.dataframe()
-        atomic_write(self.path, lambda handle: frame.to_csv(handle, sep=";"))
+        with writing(self, self.path):
+            atomic_write(self.path, lambda handle: frame.to_csv(handle, sep=";"))
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
-        if not os.path.exists(self.path):
+        from ..results import read_csv  # results imports the writers package
+
+        try:
+            frame = read_csv(self.path)
+        except FileNotFoundError:
             return
-        frame = pd.read_csv(self.path, sep=";", index_col=0)
+        except ValueError as error:
+            raise WriterError(f"CSVWriter cannot resume from {self.path}: {error}") from error
         frame = frame[frame.index < initial_epoch]
         for column in frame.columns:
             self._columns.setdefault(column)

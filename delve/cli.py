@@ -1,0 +1,218 @@
+"""The ``delve`` command (also ``python -m delve``).
+
+Subcommands::
+
+    delve demo [--out DIR] [--epochs N]       train a small CNN and show its saturation
+    delve plot RUN [--out DIR] [--epochs all]  redraw the figures from a run's CSV
+    delve recompute NPY_DIR --threshold 0.95   saturation at another threshold, from saved covariances
+    delve summary RUN                          the last epoch's per-layer table
+
+``RUN`` is the tracker's ``savefile`` (``runs/vgg``) or its CSV
+(``runs/vgg.csv``). A missing or unreadable file is reported in one line on
+stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+class _InputError(Exception):
+    """A problem with the user's files or arguments, reported as one line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _epochs_choice(text: str) -> str | list[int]:
+    if text in ("last", "all"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'last', 'all' or epochs like 0,5,9, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``delve`` command.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["recompute", "runs/vgg/npy", "--threshold", "0.95"]).threshold
+    0.95
+    """
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="delve",
+        description="Layer saturation of PyTorch models: run the demo, redraw plots, read results back.",
+    )
+    parser.add_argument("--version", action="version", version=f"delve {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="train a small CNN on the digits data set and show how saturated its layers are",
+        description="Train small CNNs on scikit-learn's digits data set with a SaturationTracker on every "
+        "layer; write CSV, plots and TensorBoard logs (needs: pip install 'delve[demo]').",
+    )
+    demo.add_argument("--out", default="delve-demo", metavar="DIR", help="output folder (default: %(default)s)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="training epochs")
+    demo.set_defaults(handler=_run_demo)
+
+    plot = commands.add_parser(
+        "plot",
+        help="redraw the figures of a run from its CSV",
+        description="Redraw per-layer profiles and saturation heatmaps from a run's CSV.",
+    )
+    plot.add_argument("run", metavar="RUN", help="the tracker's savefile (runs/vgg) or its CSV")
+    plot.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN/plots)")
+    plot.add_argument(
+        "--epochs",
+        type=_epochs_choice,
+        default="last",
+        metavar="WHICH",
+        help="profiles of the 'last' epoch (default), 'all' epochs, or a list like 0,5,9",
+    )
+    plot.add_argument("--primary-metric", metavar="NAME", help="user scalar shown on each profile, e.g. test_accuracy")
+    plot.add_argument("--fontsize", type=float, default=11, help="base font size (default: %(default)s)")
+    plot.set_defaults(handler=_run_plot)
+
+    recompute = commands.add_parser(
+        "recompute",
+        help="saturation and intrinsic dimensionality at another threshold, from saved covariances",
+        description="Recompute saturation and intrinsic dimensionality from the covariance matrices that the NPY "
+        "writer saved (a run recorded with stats=[..., 'cov'] and save_to=[..., 'npy']); the model is not run.",
+    )
+    recompute.add_argument("npy_dir", metavar="NPY_DIR", help="the NPY writer's folder (RUN/npy)")
+    recompute.add_argument(
+        "--threshold", type=_threshold, default=0.99, help="fraction of variance, in (0, 1] (default: %(default)s)"
+    )
+    recompute.add_argument("--out", metavar="CSV", help="also write every epoch to this CSV file")
+    recompute.add_argument("--epoch", type=int, default=None, help="epoch to print (default: the last)")
+    recompute.set_defaults(handler=_run_recompute)
+
+    summary = commands.add_parser(
+        "summary",
+        help="print the last epoch's per-layer table of a run",
+        description="Print one epoch's per-layer statistics of a run (the last by default) and its user scalars.",
+    )
+    summary.add_argument("run", metavar="RUN", help="the tracker's savefile (runs/vgg) or its CSV")
+    summary.add_argument("--epoch", type=int, default=None, help="epoch to print (default: the last)")
+    summary.add_argument("--stat", action="append", metavar="NAME", help="only this statistic (repeatable)")
+    summary.set_defaults(handler=_run_summary)
+    return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo import run_demo
+    except ModuleNotFoundError as error:
+        raise _InputError(f"the demo is not available: {error}; install it with pip install 'delve[demo]'") from None
+    try:
+        code = run_demo(out_dir=args.out, epochs=args.epochs)
+    except ModuleNotFoundError as error:
+        raise _InputError(f"the demo needs {error.name or error}; install it with pip install 'delve[demo]'") from None
+    return int(code or 0)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from .plotting import plot_results
+    from .results import load_results
+    from .writers import layout
+
+    results = load_results(args.run)
+    out = Path(args.out) if args.out else layout.plot_dir(args.run)
+    written = plot_results(
+        results, out, epochs=args.epochs, primary_metric=args.primary_metric, fontsize=args.fontsize
+    )
+    if not written:
+        raise _InputError(f"{layout.csv_path(args.run)} holds no per-layer values to plot")
+    print(f"wrote {len(written)} figure(s) to {out}")
+    return EXIT_OK
+
+
+def _run_recompute(args: argparse.Namespace) -> int:
+    from .io import atomic_write
+    from .results import format_summary, recompute, wide
+
+    results = recompute(args.npy_dir, args.threshold)
+    if args.epoch is not None and args.epoch not in set(results["epoch"]):
+        raise _InputError(f"epoch {args.epoch} is not in {args.npy_dir}")
+    print(f"threshold {args.threshold}")
+    print(format_summary(results, args.epoch))
+    if args.out:
+        frame = wide(results)
+        atomic_write(args.out, lambda handle: frame.to_csv(handle, sep=";"))
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from .results import format_summary, load_results
+    from .writers import layout
+
+    results = load_results(args.run)
+    if results.empty:
+        raise _InputError(f"{layout.csv_path(args.run)} holds no values")
+    if args.epoch is not None and args.epoch not in set(results["epoch"]):
+        raise _InputError(f"epoch {args.epoch} is not in {layout.csv_path(args.run)}")
+    print(format_summary(results, args.epoch, args.stat))
+    return EXIT_OK
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``delve`` command; returns the exit code.
+
+    Examples
+    --------
+    >>> main(["summary", "/nonexistent/run"])
+    2
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    # Missing or corrupt files are reported in one line, without a traceback.
+    # The demo's own errors are not input errors and keep their traceback.
+    expected = (_InputError,) if args.command == "demo" else (_InputError, OSError, ValueError)
+    try:
+        return args.handler(args)
+    except expected as error:
+        print(f"delve {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Merge running covariances across ``torch.distributed`` ranks.
+
+Every rank of a data-parallel job sees a different shard of the data, so each
+rank's accumulator holds the count ``n_r``, mean ``m_r`` and centred co-moment
+``M_r`` of its own rows only. The moments of all rows together follow exactly
+from three reductions, none of which gathers a ``d x d`` matrix per rank::
+
+    N = sum_r n_r                               (all_reduce of the counts)
+    m = sum_r n_r m_r / N                       (all_reduce of the sums)
+    M = sum_r [M_r + n_r (m_r - m)(m_r - m)^T]  (all_reduce of d x d, once)
+
+Each rank shifts its own co-moment to the global mean before the sum, so the
+communication is one ``d x d`` all-reduce per layer and mode, whatever the
+number of ranks.
+
+Every rank must call :func:`merge_across_ranks` with the same list of slots in
+the same order (the tracker uses its layer list and the fixed modes, never
+what a rank happened to see), because every slot takes part in the same
+collectives on every rank; a rank that saw no data for a slot contributes
+zeros. Outside a process group, or with one process, nothing is communicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .covariance import TorchCovarianceMatrix
+
+__all__ = ["is_distributed", "get_rank", "get_world_size", "merge_across_ranks"]
+
+# Larger than any feature size; marks "this rank saw no data" in the MAX reduction.
+_NO_FEATURES = 2**62
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank(group: Any = None) -> int:
+    """This process's rank in ``group``, or 0 outside ``torch.distributed``.
+
+    Examples
+    --------
+    >>> get_rank()
+    0
+    """
+    return dist.get_rank(group) if _initialized() else 0
+
+
+def get_world_size(group: Any = None) -> int:
+    """Number of processes in ``group``, or 1 outside ``torch.distributed``.
+
+    Examples
+    --------
+    >>> get_world_size()
+    1
+    """
+    return dist.get_world_size(group) if _initialized() else 1
+
+
+def is_distributed(group: Any = None) -> bool:
+    """Whether a process group with more than one rank is active.
+
+    Examples
+    --------
+    >>> is_distributed()
+    False
+    """
+    return get_world_size(group) > 1
+
+
+def _communication_device(group: Any) -> torch.device:
+    # NCCL only moves CUDA tensors; gloo and the others take CPU tensors.
+    backend = str(dist.get_backend(group)).lower()
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def merge_across_ranks(
+    accumulators: Sequence[TorchCovarianceMatrix | None],
+    group: Any = None,
+    devices: Sequence[torch.device | None] | None = None,
+) -> list[TorchCovarianceMatrix | None]:
+    """The accumulators of all ranks, merged slot by slot.
+
+    Parameters
+    ----------
+    accumulators : list of TorchCovarianceMatrix or None
+        One entry per slot (layer and mode), in the same order on every rank;
+        ``None`` where this rank holds no state for the slot.
+    group : ProcessGroup, optional
+        The process group; the default group when ``None``.
+    devices : list of torch.device or None, optional
+        Where a merged accumulator lives when this rank had none for the slot
+        (the layer's device); the communication device otherwise.
+
+    Returns
+    -------
+    list of TorchCovarianceMatrix or None
+        New accumulators holding every rank's rows; the inputs are left
+        untouched, so a run that never resets its covariance is not counted
+        twice at the next merge. ``None`` where no rank saw data and none
+        rejected a batch. Without a process group of several ranks the input
+        list is returned as it is.
+
+    Raises
+    ------
+    ValueError
+        If the ranks disagree on a slot's feature size (raised on every rank).
+
+    Examples
+    --------
+    >>> import torch
+    >>> acc = TorchCovarianceMatrix()
+    >>> acc.update(torch.randn(8, 3))
+    >>> merge_across_ranks([acc, None])[0] is acc  # a single process
+    True
+    """
+    if not is_distributed(group):
+        return list(accumulators)
+    device = _communication_device(group)
+    slots = len(accumulators)
+    if devices is None:
+        devices = [None] * slots
+    if len(devices) != slots:
+        raise ValueError(f"devices has {len(devices)} entries for {slots} accumulators")
+
+    # 1. counts, rejected batches and feature sizes of every slot: two small collectives.
+    totals = torch.zeros(slots, 2, dtype=torch.int64)
+    sizes = torch.zeros(slots, 2, dtype=torch.int64)
+    sizes[:, 1] = -_NO_FEATURES
+    for slot, accumulator in enumerate(accumulators):
+        if accumulator is None:
+            continue
+        count = accumulator.count
+        totals[slot, 0] = count
+        totals[slot, 1] = accumulator.rejected_batches
+        if count > 0:
+            d = accumulator.num_features
+            sizes[slot, 0] = d
+            sizes[slot, 1] = -d
+    totals = totals.to(device)
+    sizes = sizes.to(device)
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=group)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=group)
+    totals = totals.cpu()
+    sizes = sizes.cpu()
+
+    active = []
+    for slot in range(slots):
+        if int(totals[slot, 0]) == 0:
+            continue
+        largest, smallest = int(sizes[slot, 0]), -int(sizes[slot, 1])
+        if largest != smallest:
+            raise ValueError(
+                f"slot {slot}: the ranks recorded different feature sizes ({smallest} and {largest}); "
+                "every rank must run the same model"
+            )
+        active.append((slot, largest))
+
+    # 2. the global mean of every active slot, from one all_reduce of n_r * m_r.
+    offsets = [0]
+    for _, d in active:
+        offsets.append(offsets[-1] + d)
+    sums = torch.zeros(offsets[-1], dtype=torch.float64, device=device)
+    for (slot, _), start, stop in zip(active, offsets, offsets[1:]):
+        accumulator = accumulators[slot]
+        if accumulator is not None and accumulator.count > 0:
+            sums[start:stop] = accumulator.mean.to(device, torch.float64) * accumulator.count
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+
+    # 3. each rank shifts its co-moment to the global mean; one d x d all_reduce per slot.
+    merged: list[TorchCovarianceMatrix | None] = [None] * slots
+    for (slot, d), start, stop in zip(active, offsets, offsets[1:]):
+        total = int(totals[slot, 0])
+        mean = sums[start:stop] / total
+        accumulator = accumulators[slot]
+        if accumulator is not None and accumulator.count > 0:
+            n_r = accumulator.count
+            state = accumulator.state_dict()
+            comoment = state["comoment"].to(device, torch.float64)
+            shift = state["mean"].to(device, torch.float64) - mean
+            comoment.addr_(shift, shift, alpha=float(n_r))
+        else:
+            comoment = torch.zeros(d, d, dtype=torch.float64, device=device)
+        dist.all_reduce(comoment, op=dist.ReduceOp.SUM, group=group)
+        merged[slot] = _accumulator_from(
+            accumulators[slot], devices[slot], device, total, int(totals[slot, 1]), mean, comoment
+        )
+
+    # Slots where every rank rejected everything still report their rejected batches.
+    for slot in range(slots):
+        if merged[slot] is None and int(totals[slot, 1]) > 0:
+            merged[slot] = _accumulator_from(
+                accumulators[slot], devices[slot], device, 0, int(totals[slot, 1]), None, None
+            )
+    return merged
+
+
+def _accumulator_from(
+    local: TorchCovarianceMatrix | None,
+    fallback_device: torch.device | None,
+    communication_device: torch.device,
+    count: int,
+    rejected: int,
+    mean: torch.Tensor | None,
+    comoment: torch.Tensor | None,
+) -> TorchCovarianceMatrix:
+    local_device = local.device if local is not None else None
+    target = local_device or fallback_device or communication_device
+    merged = TorchCovarianceMatrix(
+        device=target,
+        dtype=local.dtype if local is not None else torch.float64,
+        precision=local.precision if local is not None else "float64",
+    )
+    state: dict[str, torch.Tensor] = {
+        "count": torch.tensor(count, dtype=torch.int64),
+        "rejected_batches": torch.tensor(rejected, dtype=torch.int64),
+    }
+    if mean is not None and comoment is not None:
+        state["mean"] = mean.to(target)
+        state["comoment"] = comoment.to(target)
+    merged.load_state_dict(state)
+    return merged

@@ -1,0 +1,110 @@
+"""CSV plus figures: per-layer profiles and saturation heatmaps, every epoch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from . import layout
+from .base import writing
+from .csv import CSVWriter
+
+__all__ = ["CSVandPlottingWriter", "PlotWriter"]
+
+logger = logging.getLogger("delve")
+
+
+class CSVandPlottingWriter(CSVWriter):
+    """Write the CSV and, at every :meth:`save`, PNG figures of the epoch.
+
+    For every statistic and mode with per-layer values:
+
+    * ``<savepath>/plots/<stat>_<mode>_epoch_<NNNNN>.png``: one bar per layer
+      in forward order, full layer names, saturation on a fixed 0..1 axis,
+      the ``primary_metric`` (e.g. test accuracy) under the title;
+    * ``<savepath>/plots/saturation_<mode>_heatmap.png``: layers by epochs,
+      redrawn every epoch so it grows with training.
+
+    Figures are drawn off-screen (Agg, no pyplot) and freed after saving, so
+    long runs do not accumulate memory. See :mod:`delve.plotting`.
+
+    Parameters
+    ----------
+    savepath : str
+        The run's path prefix; the CSV is ``<savepath>.csv``.
+    fontsize : float
+        Base font size of the figures.
+    primary_metric : str, optional
+        Name of a user scalar (``tracker.add_scalar("test_accuracy", ...)``)
+        shown on every profile.
+    plot_dir : str, optional
+        Folder for the PNGs instead of ``<savepath>/plots``.
+    epoch_profiles : bool
+        Keep one profile file per epoch (default). ``False`` draws only the
+        heatmaps.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> run = os.path.join(tempfile.mkdtemp(), "run")
+    >>> writer = CSVandPlottingWriter(run, fontsize=16, primary_metric="test_accuracy")
+    >>> writer.add_scalar("train-saturation_fc", 0.5, epoch=0)
+    >>> writer.add_scalar("test_accuracy", 0.9, epoch=0)
+    >>> writer.save()
+    >>> sorted(os.listdir(os.path.join(run, "plots")))
+    ['saturation_train_epoch_00000.png', 'saturation_train_heatmap.png']
+    """
+
+    def __init__(
+        self,
+        savepath: str,
+        fontsize: float = 11,
+        primary_metric: str | None = None,
+        plot_dir: str | None = None,
+        epoch_profiles: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(savepath)
+        self.fontsize = float(fontsize)
+        self.primary_metric = primary_metric
+        self.plot_dir = Path(plot_dir) if plot_dir is not None else layout.plot_dir(self.savepath)
+        self.epoch_profiles = bool(epoch_profiles)
+        self._unplotted: set[int] = set()
+
+    def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
+        epoch = self._resolve_epoch(epoch)
+        super().add_scalar(name, value, epoch, **kwargs)
+        self._unplotted.add(epoch)
+
+    def save(self) -> None:
+        super().save()
+        if not self._unplotted:
+            return
+        from ..plotting import plot_results
+        from ..results import tidy
+
+        epochs = sorted(self._unplotted)
+        self._unplotted.clear()
+        with writing(self, self.plot_dir):
+            plot_results(
+                tidy(self.dataframe()),
+                self.plot_dir,
+                epochs=epochs if self.epoch_profiles else [],
+                primary_metric=self.primary_metric,
+                fontsize=self.fontsize,
+            )
+
+    def resume_from_saved_state(self, initial_epoch: int) -> None:
+        """Continue the CSV, and delete profile PNGs of epochs ``>= initial_epoch``."""
+        super().resume_from_saved_state(initial_epoch)
+        if not self.plot_dir.is_dir():
+            return
+        for file in self.plot_dir.iterdir():
+            match = layout.PROFILE_PATTERN.match(file.name)
+            if match and int(match.group(1)) >= initial_epoch:
+                file.unlink(missing_ok=True)
+
+
+#: A shorter name for the same writer.
+PlotWriter = CSVandPlottingWriter

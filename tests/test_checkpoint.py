@@ -1,0 +1,211 @@
+"""state_dict / load_state_dict: complete, safe to load, and an exact continuation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from delve import SaturationTracker
+
+STATS = ["lsat", "idim", "cov", "det", "trc", "dtrc", "embed"]
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.fc = nn.Linear(4 * 4 * 4, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1))))
+
+
+def data(epochs: int = 2, steps: int = 7) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    generator = torch.Generator().manual_seed(123)
+    return [
+        [(torch.randn(8, 2, 6, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(steps)]
+        for _ in range(epochs)
+    ]
+
+
+def fresh(savefile: str, **kwargs):
+    torch.manual_seed(7)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    tracker = SaturationTracker(savefile, modules=model, stats=STATS, log_interval=2, embed_size=9, **kwargs)
+    return model, optimizer, tracker
+
+
+def step(model, optimizer, x, y) -> None:
+    model.train()
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        model(x[:3])
+
+
+def assert_same_values(actual: dict, expected: dict) -> None:
+    assert list(actual) == list(expected)
+    for name, value in expected.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(actual[name], value), name
+        else:
+            assert actual[name] == value, name
+
+
+def test_restoring_mid_epoch_continues_exactly(tmp_path) -> None:
+    batches = data()
+    # Uninterrupted reference run.
+    model, optimizer, tracker = fresh(str(tmp_path / "straight" / "run"))
+    reference = []
+    for epoch in batches:
+        for x, y in epoch:
+            step(model, optimizer, x, y)
+        reference.append(tracker.add_saturations())
+    tracker.close()
+
+    # The same run, checkpointed after 4 steps of epoch 1, then "killed".
+    savefile = str(tmp_path / "resumed" / "run")
+    model, optimizer, tracker = fresh(savefile)
+    for x, y in batches[0]:
+        step(model, optimizer, x, y)
+    first = tracker.add_saturations()
+    for x, y in batches[1][:4]:
+        step(model, optimizer, x, y)
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "tracker": tracker.state_dict()}, checkpoint
+    )
+    del model, optimizer, tracker
+
+    # A new process would start here: everything is built again, then restored.
+    model, optimizer, tracker = fresh(savefile)
+    state = torch.load(checkpoint, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    tracker.load_state_dict(state["tracker"])
+    assert tracker.epoch == 1
+    for x, y in batches[1][4:]:
+        step(model, optimizer, x, y)
+    second = tracker.add_saturations()
+    tracker.close()
+
+    assert_same_values(first, reference[0])
+    assert_same_values(second, reference[1])
+    assert {"train-embedded-sample_fc", "eval-saturation_conv"} <= set(second)
+    # The CSV already on disk was continued, not overwritten.
+    straight = pd.read_csv(tmp_path / "straight" / "run.csv", sep=";", index_col=0)
+    resumed = pd.read_csv(tmp_path / "resumed" / "run.csv", sep=";", index_col=0)
+    pd.testing.assert_frame_equal(resumed, straight)
+
+
+def test_state_holds_every_accumulator_as_float64_tensors(tmp_path) -> None:
+    model, optimizer, tracker = fresh(str(tmp_path / "run"), max_samples=100)
+    for x, y in data(1, 5)[0]:
+        step(model, optimizer, x, y)
+    state = tracker.state_dict()
+    assert state["epoch"] == 0
+    assert state["forward_order"] == ["conv", "fc", "out"]
+    assert set(state["layers"]) == {"conv", "fc", "out"}
+    for name, layer in state["layers"].items():
+        recorder = tracker._recorders[name]
+        assert set(layer) == {"train", "eval"}
+        for mode, saved in layer.items():
+            live = recorder.modes[mode]
+            covariance = saved["covariance"]
+            assert covariance["mean"].dtype == covariance["comoment"].dtype == torch.float64
+            assert int(covariance["count"]) == live.covariance.count > 0
+            assert int(covariance["rejected_batches"]) == 0
+            d = covariance["mean"].shape[0]
+            assert covariance["comoment"].shape == (d, d)
+            # The saved co-moment is the full symmetric matrix: count * covariance.
+            np.testing.assert_allclose(
+                covariance["comoment"].numpy() / int(covariance["count"]), live.covariance.fix().numpy(), rtol=1e-14
+            )
+            assert saved["forward_calls"] == live.forward_calls == 5
+            assert saved["rows_offered"] == live.rows_offered
+            assert saved["sample"]["rows"].dtype == torch.float64
+            assert saved["sample"]["rows"].shape == (9, d)
+            assert saved["sample"]["generators"]["cpu"].dtype == torch.uint8
+    # Only plain types and tensors: nothing that needs pickle's full power.
+    _assert_plain(state)
+    tracker.close()
+
+
+def _assert_plain(value) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert isinstance(key, str)
+            _assert_plain(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _assert_plain(item)
+    else:
+        assert isinstance(value, (torch.Tensor, int, float, str, bool)) or value is None, type(value)
+
+
+def test_state_is_a_snapshot(tmp_path) -> None:
+    model, optimizer, tracker = fresh(str(tmp_path / "run"), nosave=True)
+    x, y = data(1, 1)[0][0]
+    step(model, optimizer, x, y)
+    state = tracker.state_dict()
+    before = state["layers"]["fc"]["train"]["covariance"]["comoment"].clone()
+    rows = state["layers"]["fc"]["train"]["sample"]["rows"].clone()
+    for _ in range(4):
+        step(model, optimizer, x * 3, y)
+    assert torch.equal(state["layers"]["fc"]["train"]["covariance"]["comoment"], before)
+    assert torch.equal(state["layers"]["fc"]["train"]["sample"]["rows"], rows)
+    tracker.close()
+
+
+def test_loading_between_epochs_and_with_initial_epoch(tmp_path) -> None:
+    savefile = str(tmp_path / "run")
+    model, optimizer, tracker = fresh(savefile)
+    for epoch in data(3, 2):
+        for x, y in epoch:
+            step(model, optimizer, x, y)
+        tracker.add_saturations()
+    checkpoint = {"tracker": tracker.state_dict()}
+    tracker.close()
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    before = pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0)
+
+    model, optimizer, tracker = fresh(savefile, initial_epoch=3)
+    tracker.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["tracker"])
+    for x, y in data(1, 2)[0]:
+        step(model, optimizer, x, y)
+    tracker.add_saturations()
+    tracker.close()
+    after = pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0)
+    assert after.index.tolist() == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(after.loc[[0, 1, 2]], before)
+
+
+def test_bad_states_are_refused(tmp_path) -> None:
+    model, optimizer, tracker = fresh(str(tmp_path / "run"), nosave=True)
+    state = tracker.state_dict()
+    with pytest.raises(ValueError, match="does not track"):
+        tracker.load_state_dict({**state, "layers": {**state["layers"], "extra": {}}})
+    with pytest.raises(ValueError, match="not a SaturationTracker state"):
+        tracker.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="newer"):
+        tracker.load_state_dict({**state, "format": 99})
+    tracker.close()
+
+
+def test_state_of_a_subset_of_layers_loads(tmp_path) -> None:
+    model, optimizer, tracker = fresh(str(tmp_path / "run"), nosave=True)
+    x, y = data(1, 1)[0][0]
+    step(model, optimizer, x, y)
+    state = tracker.state_dict()
+    other = SaturationTracker("other", modules=model, nosave=True, stats=STATS, layer_filter=["fc", "out"])
+    other.load_state_dict({**state, "layers": {k: state["layers"][k] for k in ("fc", "out")}})
+    assert other._recorders["fc"].modes["train"].covariance.count == tracker._recorders["fc"].modes["train"].covariance.count
+    other.close()
+    tracker.close()

@@ -38,6 +38,7 @@ from .pca_layers import (
     change_all_pca_layer_thresholds,
     change_all_pca_layer_thresholds_and_inject_random_directions,
 )
+from .results import load_results, recompute
 from .statistics import Statistic, register_statistic
 from .tracker import CheckLayerSat, SaturationTracker
 from .writers.registry import register_writer
@@ -55,6 +56,8 @@ __all__ = [
     "register_observer",
     "register_statistic",
     "register_writer",
+    "load_results",
+    "recompute",
     "Statistic",
     "eigenvalues",
     "spectrum",

@@ -148,9 +148,14 @@ def _run_plot(args: argparse.Namespace) -> int:
 
     results = load_results(args.run)
     out = Path(args.out) if args.out else layout.plot_dir(args.run)
-    written = plot_results(
-        results, out, epochs=args.epochs, primary_metric=args.primary_metric, fontsize=args.fontsize
-    )
+    if args.primary_metric:
+        scalars = sorted(set(results.loc[results["layer"].isna() & results["mode"].isna(), "stat"]))
+        if args.primary_metric not in scalars:
+            print(
+                f"delve plot: warning: no scalar named {args.primary_metric!r}; the run has: {', '.join(scalars) or 'none'}",
+                file=sys.stderr,
+            )
+    written = plot_results(results, out, epochs=args.epochs, primary_metric=args.primary_metric, fontsize=args.fontsize)
     if not written:
         raise _InputError(f"{layout.csv_path(args.run)} holds no per-layer values to plot")
     print(f"wrote {len(written)} figure(s) to {out}")

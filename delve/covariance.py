@@ -21,11 +21,19 @@ mirrors the upper triangle when the covariance is read.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 __all__ = ["TorchCovarianceMatrix", "EmptyCovarianceError"]
+
+# Largest centred slice (bytes) merged at once. On a CPU, 4 MiB keeps a slice in
+# cache between its passes and well below the size at which the C allocator
+# maps fresh pages for every call; measured in benchmarks/benchmark.py.
+_SLICE_BYTES = 4 * 2**20
+# On accelerators the slice only bounds the transient buffer.
+_DEVICE_SLICE_BYTES = 256 * 2**20
 
 class EmptyCovarianceError(RuntimeError):
     """Raised when a covariance is requested before any observation was merged."""
@@ -40,7 +48,7 @@ def _feature_blocks(d: int) -> list[tuple[int, int]]:
     """
     if d < 128:
         return [(0, d)]
-    n_blocks = 4 if d < 512 else 8
+    n_blocks = 4 if d < 512 else 8 if d < 2048 else 16
     step = -(-d // n_blocks)
     return [(start, min(start + step, d)) for start in range(0, d, step)]
 
@@ -171,10 +179,13 @@ class TorchCovarianceMatrix:
         """Merge a batch whose leading dimensions are all samples.
 
         ``x`` has shape ``(..., d)``. A strided view (for example the
-        channels-last view of a convolution output) is gathered in the same
-        pass that centres and upcasts it, so no separate permute copy is made.
+        ``(N, H*W, C)`` view of a convolution output) is copied once, in its
+        own memory order, into the buffer the product reads, so no separate
+        permute copy is made. Large batches are merged in slices (exactly).
         A batch holding NaN or Inf is not merged; it is counted in
-        :attr:`rejected_batches` instead.
+        :attr:`rejected_batches` instead. (Of a batch merged in slices, the
+        slices holding them are left out; on accelerators each such slice
+        counts as one rejected batch.)
         """
         if not x.is_floating_point():
             raise ValueError(f"observations must be floating point, got dtype {x.dtype}")
@@ -191,64 +202,145 @@ class TorchCovarianceMatrix:
             )
         if x.device != self.device:
             x = x.to(self.device, non_blocking=True)
+        if x.ndim == 1:
+            x = x.unsqueeze(0)
+        if not self._merge_slices(x, _SLICE_BYTES if x.device.type == "cpu" else _DEVICE_SLICE_BYTES):
+            self._rejected += 1
 
-        batch_mean = x.mean(dim=tuple(range(x.ndim - 1)), dtype=self.dtype)
-        centred = torch.empty(x.shape, dtype=self._product_dtype, device=x.device)
-        # One pass gathers a strided view, upcasts and centres. The subtraction
-        # runs in float64 even when the product is float32: rounding the mean
-        # first would leave an offset error that grows with |mean|.
-        torch.sub(x, batch_mean, out=centred)
-        centred = centred.view(n, d)
-        if self._device_count is None:
-            # CPU kernels run eagerly: reading the flag costs no device
-            # synchronisation and lets the product accumulate in place.
-            if not bool(torch.isfinite(batch_mean).all()):
-                self._rejected += 1
-                return
-            self._merge_eager(centred, batch_mean)
+    def _merge_slices(self, x: torch.Tensor, limit: int) -> bool:
+        """Merge ``x`` in slices along its first dimension of about ``limit`` bytes.
+
+        Merging a batch in parts is exact: the pairwise update does not care
+        how rows are grouped. On a CPU a slice stays in cache through the
+        passes that copy, centre and multiply it, and its buffer is recycled
+        by the allocator instead of being freshly mapped (and page-faulted)
+        by the operating system at every call. Returns ``False`` if a slice
+        held NaN or Inf and was left out.
+        """
+        itemsize = torch.finfo(self._product_dtype).bits // 8
+        nbytes = x.numel() * itemsize
+        if nbytes <= limit or x.shape[0] == 1:
+            return self._merge_slice(x)
+        per_index = nbytes // x.shape[0]
+        if per_index > limit and x.ndim > 2:
+            return all([self._merge_slices(x[index], limit) for index in range(x.shape[0])])
+        step = max(limit // per_index, 1 if x.ndim > 2 else 256)
+        return all([self._merge_slice(x[start : start + step]) for start in range(0, x.shape[0], step)])
+
+    def _centre(self, x: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Copy ``x`` into a product buffer and centre it on its own mean.
+
+        Returns ``(samples, batch_mean, residual)``. ``samples`` is a
+        ``(d, n + extra)`` view: the ``n`` centred rows of ``x`` as columns,
+        then ``extra`` columns left for the caller. Its storage takes the
+        layout in which ``copy_`` reads ``x`` in order (feature-major for the
+        channelwise view of a convolution output), so nothing is transposed.
+        ``copy_`` is also the fast dtype conversion here: mixed-dtype
+        arithmetic is several times slower on a CPU.
+
+        The mean is exact in float64. In a lower product precision it carries
+        a rounding error that grows with ``|mean|``, so the mean left over in
+        the centred rows is measured: it is subtracted again when that is the
+        cheaper pass (fewer samples than features), else returned as
+        ``residual`` (the sum of the centred rows) for the product to remove.
+        """
+        d = x.shape[-1]
+        n = x.numel() // d
+        dtype = self._product_dtype
+        shift = None
+        if torch.finfo(x.dtype).bits > torch.finfo(dtype).bits:
+            # Rounding wider inputs (float64 into a float32 product) before
+            # centring would lose what a large mean leaves of the spread.
+            shift = x.mean(dim=tuple(range(x.ndim - 1)), dtype=torch.float64)
+            x = x - shift
+        if x.ndim > 1 and x.stride(-1) != 1:
+            buffer = torch.empty(d, n + extra, dtype=dtype, device=x.device)
+            buffer[:, :n].view(d, *x.shape[:-1]).copy_(x.movedim(-1, 0))
+            samples = buffer
         else:
-            self._merge_on_device(centred, batch_mean)
+            buffer = torch.empty(n + extra, d, dtype=dtype, device=x.device)
+            buffer[:n].view(x.shape).copy_(x)
+            samples = buffer.t()
+        data = samples[:, :n]
+        batch_mean = data.sum(1, keepdim=True).div_(n)
+        data.sub_(batch_mean)
+        residual = None
+        if dtype != torch.float64:
+            residual = data.sum(1, keepdim=True)
+            if n <= d:
+                data.sub_(residual / n)
+            batch_mean = batch_mean.to(self.dtype).add_(residual.to(self.dtype), alpha=1.0 / n)
+            if n <= d:
+                residual = None
+        batch_mean = batch_mean.to(self.dtype).view(d)
+        if shift is not None:
+            batch_mean = batch_mean + shift.to(self.dtype)
+        return samples, batch_mean, residual
 
-    def _merge_eager(self, centred: torch.Tensor, batch_mean: torch.Tensor) -> None:
+    def _merge_slice(self, x: torch.Tensor) -> bool:
+        if self._device_count is not None:
+            self._merge_on_device(x)
+            return True
+        # CPU kernels run eagerly: reading the finite flag costs no device
+        # synchronisation and lets the product accumulate in place.
         mean, comoment = self._mean, self._comoment
         assert mean is not None and comoment is not None
-        n_a, n_b = self._count, centred.shape[0]
+        n_a = self._count
+        n_b = x.numel() // x.shape[-1]
         n = n_a + n_b
+        samples, batch_mean, residual = self._centre(x, extra=1 if n_a else 0)
+        if not bool(torch.isfinite(batch_mean).all()):
+            return False
         delta = batch_mean - mean
-        self._add_gram(centred, comoment)
         if n_a:
-            comoment.addr_(delta, delta, alpha=n_a * n_b / n)
+            # The pairwise update's (n_a n_b / n) delta delta^T rides in the
+            # product as one more sample instead of a pass over the d x d state.
+            samples[:, n_b].copy_(delta * math.sqrt(n_a * n_b / n))
+        self._add_gram(samples, comoment, residual, n_b)
         mean.add_(delta, alpha=n_b / n)
         self._count = n
+        return True
 
-    def _merge_on_device(self, centred: torch.Tensor, batch_mean: torch.Tensor) -> None:
+    def _merge_on_device(self, x: torch.Tensor) -> None:
+        """The update with every decision left on the device: no host synchronisation."""
         mean, comoment = self._mean, self._comoment
         count, rejected = self._device_count, self._device_rejected
         assert mean is not None and comoment is not None
         assert count is not None and rejected is not None
+        n_b = x.numel() // x.shape[-1]
+        samples, batch_mean, residual = self._centre(x, extra=1)
         finite = torch.isfinite(batch_mean).all()
-        n_b = centred.shape[0]
+        # A rejected batch is zeroed, so the product adds nothing for it.
+        samples.masked_fill_(~finite, 0.0)
+        if residual is not None:
+            residual.masked_fill_(~finite, 0.0)
         accepted = finite.to(torch.int64) * n_b
         new_count = count + accepted
-        gram = torch.zeros_like(comoment)
-        self._add_gram(centred, gram)
+        total = new_count.clamp_min(1).to(mean.dtype)
         delta = torch.where(finite, batch_mean, mean) - mean
-        weight = (count * accepted).to(mean.dtype) / new_count.clamp_min(1).to(mean.dtype)
-        gram.addr_(delta * weight, delta)
-        comoment.add_(torch.where(finite, gram, 0.0))
-        mean.add_(delta * (accepted.to(mean.dtype) / new_count.clamp_min(1).to(mean.dtype)))
+        weight = (count * accepted).to(mean.dtype) / total
+        samples[:, n_b].copy_(delta * weight.sqrt())
+        self._add_gram(samples, comoment, residual, n_b)
+        mean.add_(delta * (accepted.to(mean.dtype) / total))
         count.copy_(new_count)
         rejected.add_((~finite).to(torch.int64))
 
-    def _add_gram(self, centred: torch.Tensor, out: torch.Tensor) -> None:
-        """``out += centred^T centred`` on the upper block triangle only."""
-        ct = centred.t()
-        if self._product_dtype == out.dtype:
-            for start, stop in self._blocks:
-                out[start:stop, start:].addmm_(ct[start:stop], centred[:, start:])
-        else:
-            for start, stop in self._blocks:
-                out[start:stop, start:].add_(torch.mm(ct[start:stop], centred[:, start:]))
+    def _add_gram(self, samples: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None, n: int) -> None:
+        """``out += S S^T - residual residual^T / n`` on the upper block triangle only.
+
+        ``samples`` is the ``(d, m)`` view that :meth:`_centre` returned.
+        """
+        same = samples.dtype == out.dtype
+        if residual is not None:
+            residual = residual.view(-1).to(out.dtype)
+        for start, stop in self._blocks:
+            block = out[start:stop, start:]
+            if same:
+                block.addmm_(samples[start:stop], samples[start:].t())
+            else:
+                block.add_(torch.mm(samples[start:stop], samples[start:].t()))
+            if residual is not None:
+                block.addr_(residual[start:stop], residual[start:], alpha=-1.0 / n)
 
     def _full_comoment(self) -> torch.Tensor:
         """The co-moment with its lower triangle mirrored from the upper one."""

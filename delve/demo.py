@@ -1,11 +1,18 @@
 """``delve demo``: watch two CNNs of different width use their layers.
 
-Two small convolutional networks with the same depth, one lean and one eight
-times wider, learn scikit-learn's 8x8 handwritten digits (shipped inside
-scikit-learn, so nothing is downloaded). A :class:`~delve.SaturationTracker`
-watches every layer of each. The wide network reaches the same accuracy while
-its layers use a much smaller share of their feature space: low saturation is
-what an oversized layer looks like.
+Two small convolutional networks of the same depth, one lean and one four
+times wider, learn scikit-learn's 8x8 handwritten digits (the data set ships
+inside scikit-learn, so nothing is downloaded). A
+:class:`~delve.SaturationTracker` watches every layer of each. The wide
+network's layers keep 99% of their variance in a much smaller share of their
+dimensions: low saturation is what an oversized layer looks like.
+
+Everything goes to one folder (``delve-demo`` by default)::
+
+    delve-demo/lean.csv, delve-demo/wide.csv     one row per epoch
+    delve-demo/lean/, delve-demo/wide/           TensorBoard event files
+    delve-demo/lean/plots/, delve-demo/wide/plots/   profiles and heatmaps
+    delve-demo/saturation_comparison.png         both networks side by side
 
 Run it with ``delve demo`` or ``python -m delve.demo``; scikit-learn comes with
 ``pip install delve[demo]``.
@@ -19,8 +26,9 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -34,6 +42,7 @@ __all__ = [
     "DemoNetwork",
     "MissingDemoDependencyError",
     "build_network",
+    "layer_widths",
     "load_digits_tensors",
     "run_demo",
     "main",
@@ -41,7 +50,8 @@ __all__ = [
 
 DEFAULT_OUT_DIR = "delve-demo"
 DEFAULT_EPOCHS = 12
-DEFAULT_SAVE_TO = ("csv", "plot", "tensorboard")
+COMPARISON_FIGURE = "saturation_comparison.png"
+PRIMARY_METRIC = "test-accuracy"
 BATCH_SIZE = 64
 TEST_FRACTION = 0.2
 
@@ -53,7 +63,7 @@ class DemoNetwork:
     Attributes
     ----------
     name : str
-        Used as the run's file prefix (``<out_dir>/<name>.csv``).
+        The run's file prefix (``<out_dir>/<name>.csv``).
     channels : tuple of int
         Output channels of the three 3x3 convolutions.
     hidden : int
@@ -82,7 +92,7 @@ def load_digits_tensors(
     """scikit-learn's digits as ``(x_train, y_train, x_test, y_test)`` tensors.
 
     Images are ``(n, 1, 8, 8)`` float32 scaled to ``[0, 1]``; the split is a
-    fixed random permutation.
+    fixed random permutation of the 1797 images.
 
     Raises
     ------
@@ -99,8 +109,8 @@ def load_digits_tensors(
         from sklearn.datasets import load_digits
     except ImportError as error:
         raise MissingDemoDependencyError(
-            "the delve demo trains on scikit-learn's digits data set; install it with "
-            "`pip install delve[demo]` (or `pip install -r requirements/demo.txt` in a clone)"
+            "the delve demo trains on scikit-learn's digits data set, and scikit-learn is not installed; "
+            "install it with `pip install delve[demo]` (in a clone: `pip install -r requirements/demo.txt`)"
         ) from error
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -114,8 +124,8 @@ def load_digits_tensors(
 def build_network(spec: DemoNetwork) -> nn.Sequential:
     """A three-convolution CNN for 8x8 single-channel images and 10 classes.
 
-    Layers are named ``conv1``-``conv3``, ``fc1`` and ``fc2`` so that the
-    tracker's output columns read naturally.
+    The layers are named ``conv1``-``conv3``, ``fc1`` and ``fc2``, which
+    become the tracker's layer names.
 
     Examples
     --------
@@ -145,7 +155,13 @@ def build_network(spec: DemoNetwork) -> nn.Sequential:
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
-    """Feature size ``d`` of each tracked layer, by tracker layer name."""
+    """Feature size ``d`` of every convolution and Linear layer, by name.
+
+    Examples
+    --------
+    >>> layer_widths(build_network(DEMO_NETWORKS[0]))
+    {'conv1': 8, 'conv2': 16, 'conv3': 16, 'fc1': 32, 'fc2': 10}
+    """
     widths = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
@@ -156,12 +172,14 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 @dataclass
-class _RunResult:
+class DemoResult:
+    """What one network of the demo ended with."""
+
     spec: DemoNetwork
-    widths: dict[str, int]
-    saturation: dict[str, float]
-    accuracy: float
     savefile: str
+    widths: dict[str, int]
+    accuracy: float = 0.0
+    saturation: dict[str, float] = field(default_factory=dict)
 
 
 def _train_one(
@@ -170,80 +188,132 @@ def _train_one(
     out_dir: str,
     epochs: int,
     save_to: Sequence[str],
-    progress: object,
+    progress: Any,
     seed: int,
-) -> _RunResult:
+) -> DemoResult:
     x_train, y_train, x_test, y_test = data
     torch.manual_seed(seed)
     model = build_network(spec)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = nn.CrossEntropyLoss()
-    savefile = os.path.join(out_dir, spec.name)
     shuffler = torch.Generator().manual_seed(seed)
-    values: dict[str, float] = {}
-    accuracy = 0.0
-    with SaturationTracker(savefile, save_to=list(save_to), modules=model, stats=["lsat", "idim"]) as tracker:
+    result = DemoResult(spec, os.path.join(out_dir, spec.name), layer_widths(model))
+    values: dict[str, Any] = {}
+    with SaturationTracker(result.savefile, save_to=list(save_to), modules=model, stats=["lsat", "idim"]) as tracker:
         for _ in range(epochs):
             model.train()
-            total_loss = 0.0
+            total_loss = torch.zeros(())
             for batch in torch.randperm(len(y_train), generator=shuffler).split(BATCH_SIZE):
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x_train[batch]), y_train[batch])
                 loss.backward()
                 optimizer.step()
-                total_loss += float(loss.detach()) * len(batch)
+                total_loss += loss.detach() * len(batch)
             model.eval()
             with torch.no_grad():
                 # Evaluation-mode forward passes feed the ``eval-`` statistics.
                 predictions = model(x_test).argmax(dim=1)
-            accuracy = float((predictions == y_test).float().mean())
-            tracker.add_scalar("train-loss", total_loss / len(y_train))
-            tracker.add_scalar("test-accuracy", accuracy)
+            result.accuracy = float((predictions == y_test).float().mean())
+            tracker.add_scalar("train-loss", float(total_loss) / len(y_train))
+            tracker.add_scalar(PRIMARY_METRIC, result.accuracy)
             values = tracker.add_saturations()
-            progress.set_postfix_str(f"{spec.name}: acc {accuracy:.3f}")  # type: ignore[attr-defined]
-            progress.update(1)  # type: ignore[attr-defined]
-    saturation = {
-        layer: float(values.get(f"train-saturation_{layer}", float("nan"))) for layer in layer_widths(model)
-    }
-    return _RunResult(spec, layer_widths(model), saturation, accuracy, savefile)
+            progress.set_postfix_str(f"{spec.name} acc {result.accuracy:.3f}")
+            progress.update(1)
+    result.saturation = {layer: float(values[f"train-saturation_{layer}"]) for layer in result.widths}
+    return result
 
 
-def saturation_table(results: Sequence[_RunResult]) -> str:
-    """Per-layer training saturation of each network, last epoch, as text."""
+def _draw_plots(results: Sequence[DemoResult], out_dir: str) -> list[Path]:
+    """Last-epoch profiles and heatmaps of each run, and the comparison figure.
+
+    Drawn once at the end rather than by the plot writer every epoch: the
+    figures are the same, and rendering 50 of them would take longer than
+    the training.
+    """
+    from .plotting import plot_results
+    from .results import load_results
+    from .writers import layout
+
+    written = []
+    for result in results:
+        table = load_results(result.savefile)
+        saturation_only = table[(table["stat"] == "saturation") | table["layer"].isna()]
+        written += plot_results(
+            saturation_only, layout.plot_dir(result.savefile), epochs="last", primary_metric=PRIMARY_METRIC
+        )
+    written.append(comparison_figure(results, os.path.join(out_dir, COMPARISON_FIGURE)))
+    return written
+
+
+def comparison_figure(results: Sequence[DemoResult], path: str) -> Path:
+    """Grouped bars: each layer's last-epoch training saturation, one colour per network."""
+    import numpy as np
+
+    from .plotting import new_figure, save_figure
+
     layers = list(results[0].widths)
-    header = ["layer"] + [f"{r.spec.name} sat. (k / d)" for r in results]
+    figure = new_figure(7.0, 3.8, dpi=110)
+    axes = figure.add_axes((0.1, 0.14, 0.62, 0.72))
+    positions = np.arange(len(layers))
+    height = 0.8 / len(results)
+    colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+    for index, result in enumerate(results):
+        offsets = positions - 0.4 + height * (index + 0.5)
+        values = [result.saturation[layer] for layer in layers]
+        label = f"{result.spec.name}: {'-'.join(map(str, result.spec.channels))}-{result.spec.hidden} units"
+        label += f"\ntest accuracy {result.accuracy:.1%}"
+        axes.barh(offsets, values, height=height * 0.92, color=colours[index % len(colours)], label=label)
+        for y, layer, value in zip(offsets, layers, values):
+            width = result.widths[layer]
+            axes.text(value + 0.01, y, f"{round(value * width)}/{width}", va="center", fontsize=7)
+    axes.set_yticks(positions, labels=layers)
+    axes.invert_yaxis()  # forward order, top to bottom
+    axes.set_xlim(0, 1.12)
+    axes.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    axes.set_xlabel("saturation = k / d (k: dimensions holding 99% of the variance)", fontsize=8)
+    axes.set_title("Layer saturation on the digits data set, last training epoch", fontsize=10)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    return save_figure(figure, path)
+
+
+def saturation_table(results: Sequence[DemoResult]) -> str:
+    """Each layer's last-epoch training saturation per network, and the accuracies, as text."""
+    layers = list(results[0].widths)
+    header = ["layer"] + [f"{result.spec.name}: saturation (k / d)" for result in results]
     rows = []
     for layer in layers:
         cells = [layer]
         for result in results:
-            sat, width = result.saturation[layer], result.widths[layer]
-            cells.append(f"{sat:5.2f} ({round(sat * width):>3d} / {width:<3d})")
+            value, width = result.saturation[layer], result.widths[layer]
+            cells.append(f"{value:4.2f} ({round(value * width):3d} / {width:3d})")
         rows.append(cells)
-    rows.append(["test accuracy"] + [f"{r.accuracy:6.1%}" for r in results])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 1, lines[1])
-    return "\n".join(lines)
+    footer = ["test accuracy"] + [f"{result.accuracy:.1%}" for result in results]
+    widths = [max(len(row[i]) for row in [header, *rows, footer]) for i in range(len(header))]
+    rule = "  ".join("-" * width for width in widths)
+
+    def line(row: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+
+    return "\n".join([line(header), rule, *map(line, rows), rule, line(footer)])
 
 
-def _mean_hidden_saturation(result: _RunResult) -> float:
+def _mean_hidden_saturation(result: DemoResult) -> float:
     # The output layer's width is fixed by the 10 classes, so it says nothing about sizing.
     hidden = [value for layer, value in result.saturation.items() if layer != "fc2"]
     return sum(hidden) / len(hidden)
 
 
-def _verdict(lean: _RunResult, wide: _RunResult) -> str:
+def _verdict(lean: DemoResult, wide: DemoResult) -> str:
     ratio = wide.widths["fc1"] / lean.widths["fc1"]
     return (
-        f"The {wide.spec.name} network is {ratio:g}x wider. Its hidden layers hold 99% of their variance in "
-        f"{_mean_hidden_saturation(wide):.0%} of their dimensions on average, against "
-        f"{_mean_hidden_saturation(lean):.0%} for the {lean.spec.name} one:\nmost of its width is idle "
-        "(low saturation), so the layers could be narrower."
+        f"The {wide.spec.name} network is {ratio:g}x wider. Its hidden layers keep 99% of their variance in "
+        f"{_mean_hidden_saturation(wide):.0%} of their dimensions on average,\nagainst "
+        f"{_mean_hidden_saturation(lean):.0%} for the {lean.spec.name} one: most of its width is idle "
+        "(low saturation), so those layers could be narrower."
     )
 
 
-def _written_files(out_dir: str) -> dict[str, list[str]]:
+def _found_files(out_dir: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {"csv": [], "png": [], "tensorboard": []}
     for root, _, files in os.walk(out_dir):
         for name in sorted(files):
@@ -252,21 +322,22 @@ def _written_files(out_dir: str) -> dict[str, list[str]]:
                 found["csv"].append(path)
             elif name.endswith(".png"):
                 found["png"].append(path)
-            elif "tfevents" in name:
+            elif name.startswith("events.out.tfevents"):
                 found["tensorboard"].append(path)
-    return found
+    return {kind: sorted(paths) for kind, paths in found.items()}
 
 
 def run_demo(
     out_dir: str = DEFAULT_OUT_DIR,
     epochs: int | None = None,
     *,
-    save_to: Sequence[str] = DEFAULT_SAVE_TO,
+    save_to: Sequence[str] = ("csv", "tensorboard"),
+    plots: bool = True,
     progress: bool = True,
     stream: TextIO | None = None,
     seed: int = 0,
 ) -> int:
-    """Train the two demo networks with delve attached; the ``delve demo`` command.
+    """Train the two demo networks with delve attached: the ``delve demo`` command.
 
     Parameters
     ----------
@@ -275,19 +346,21 @@ def run_demo(
     epochs : int, optional
         Training epochs per network; ``None`` means :data:`DEFAULT_EPOCHS`.
     save_to : list of str
-        Writer keys passed to both trackers.
+        Writer keys of both trackers.
+    plots : bool
+        Draw the figures at the end.
     progress : bool
         Show a tqdm progress bar on standard error.
     stream : file, optional
-        Where the summary is printed; standard output by default.
+        Where the summary goes; standard output by default.
     seed : int
         Seed of the data split, the initial weights and the batch order.
 
     Returns
     -------
     int
-        ``0`` on success, ``1`` when scikit-learn is missing, ``2`` for bad
-        arguments; a message says why.
+        ``0`` on success, ``1`` when scikit-learn is missing, ``2`` for an
+        invalid ``epochs``; a message on standard error says why.
     """
     stream = sys.stdout if stream is None else stream
     epochs = DEFAULT_EPOCHS if epochs is None else epochs
@@ -309,38 +382,43 @@ def run_demo(
     ) as bar:
         for spec in DEMO_NETWORKS:
             results.append(_train_one(spec, data, out_dir, epochs, save_to, bar, seed))
+    if plots:
+        _draw_plots(results, out_dir)
     elapsed = time.perf_counter() - start
 
-    n_train = len(data[1])
-    lean, wide = results[0], results[-1]
     print(
-        f"\nTrained two CNNs on scikit-learn's digits ({n_train} training images, {epochs} epochs, "
-        f"{elapsed:.0f} s).\nTraining-mode saturation of every layer in the last epoch "
-        "(k = dimensions holding 99% of the variance, d = layer width):\n",
+        f"\nTrained two CNNs on scikit-learn's digits ({len(data[1])} training and {len(data[3])} test images, "
+        f"{epochs} epoch{'s' if epochs > 1 else ''}, {elapsed:.0f} s).\nTraining-mode saturation of every layer "
+        "in the last epoch (k: dimensions holding 99% of the variance, d: layer width):\n",
         file=stream,
     )
     print(saturation_table(results), file=stream)
-    print(f"\n{_verdict(lean, wide)}", file=stream)
-    files = _written_files(out_dir)
-    print("\nFiles written:", file=stream)
+    print(f"\n{_verdict(results[0], results[-1])}", file=stream)
+
+    files = _found_files(out_dir)
+    print(f"\nFiles in {out_dir}:", file=stream)
     for path in files["csv"]:
-        print(f"  CSV:   {path}", file=stream)
+        print(f"  CSV (one row per epoch):  {path}", file=stream)
+    comparison = os.path.join(out_dir, COMPARISON_FIGURE)
+    if os.path.exists(comparison):
+        print(f"  comparison figure:        {comparison}", file=stream)
     if files["png"]:
-        folders = sorted({os.path.dirname(p) for p in files["png"]})
-        print(f"  plots: {len(files['png'])} PNG files in {', '.join(folders)}", file=stream)
+        folders = sorted({os.path.dirname(path) for path in files["png"]} - {out_dir})
+        print(f"  plots per network:        {', '.join(folders)}", file=stream)
     if files["tensorboard"]:
-        print(f"  TensorBoard logs: tensorboard --logdir {out_dir}", file=stream)
+        print(f"  TensorBoard logs:         tensorboard --logdir {out_dir}", file=stream)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of ``python -m delve.demo``; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m delve.demo", description="Train two CNNs on the digits data set with delve attached."
+        prog="python -m delve.demo",
+        description="Train two CNNs of different width on the digits data set with delve attached.",
     )
-    parser.add_argument("--out", default=DEFAULT_OUT_DIR, help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=DEFAULT_OUT_DIR, metavar="DIR", help="output folder (default: %(default)s)")
     parser.add_argument(
-        "--epochs", type=int, default=None, help=f"epochs per network (default: {DEFAULT_EPOCHS})"
+        "--epochs", type=int, default=None, metavar="N", help=f"epochs per network (default: {DEFAULT_EPOCHS})"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)

@@ -24,6 +24,11 @@ and the transformation matrix) lives in buffers, so it travels with
 ``state_dict()`` and ``.to(device)``; the threshold and any partially
 accumulated covariance travel as the module's extra state.
 
+Under ``DistributedDataParallel`` every process fits on its own shard of the
+data; load one rank's ``state_dict`` everywhere for identical projections.
+``nn.DataParallel`` replicas share one accumulator across threads and are not
+supported.
+
 Examples
 --------
 >>> import torch
@@ -262,7 +267,13 @@ class LinearPCALayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if self.training:
-            self._accumulate(self._rows(x.detach()))
+            if torch.is_inference_mode_enabled():
+                # State allocated under inference mode could not be updated
+                # in place by a later ordinary forward.
+                with torch.inference_mode(False):
+                    self._accumulate(self._rows(x.detach()))
+            else:
+                self._accumulate(self._rows(x.detach()))
             return x
         if self._pending:
             self.fit()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,10 +21,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
 from .io import atomic_path
-from .writers import layout
+from .naming import safe_filename
 
 __all__ = [
     "BOUNDED_STATS",
@@ -33,11 +36,38 @@ __all__ = [
     "save_figure",
     "figure_to_rgb",
     "plot_results",
+    "profile_filename",
+    "heatmap_filename",
+    "PROFILE_PATTERN",
 ]
 
 #: Statistics that live in [0, 1] and are drawn on a fixed 0..1 axis.
 BOUNDED_STATS = ("saturation", "average-saturation")
 DEFAULT_FONTSIZE = 11
+#: Matches the per-epoch profile PNGs; group 1 is the epoch.
+PROFILE_PATTERN = re.compile(r"^.+_(?:train|eval)_epoch_(\d+)\.png$")
+
+
+def profile_filename(stat: str, mode: str, epoch: int) -> str:
+    """PNG name of a per-layer profile.
+
+    Examples
+    --------
+    >>> profile_filename("saturation", "train", 3)
+    'saturation_train_epoch_00003.png'
+    """
+    return f"{safe_filename(stat)}_{safe_filename(mode)}_epoch_{int(epoch):05d}.png"
+
+
+def heatmap_filename(stat: str, mode: str) -> str:
+    """PNG name of a layers-by-epochs heatmap.
+
+    Examples
+    --------
+    >>> heatmap_filename("saturation", "eval")
+    'saturation_eval_heatmap.png'
+    """
+    return f"{safe_filename(stat)}_{safe_filename(mode)}_heatmap.png"
 
 
 def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
@@ -51,6 +81,34 @@ def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
     figure = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
+
+
+def _text_width_inches(labels: Sequence[str], fontsize: float) -> float:
+    """Width of the widest label as matplotlib will draw it."""
+    if not labels:
+        return 0.0
+    measure = TextToPath()
+    font = FontProperties(size=fontsize)
+    return max(measure.get_text_width_height_descent(label, font, ismath=False)[0] for label in labels) / 72.0
+
+
+def _framed_axes(
+    labels: Sequence[str], fontsize: float, plot_width: float, rows: int, title_lines: int, right: float = 0.4
+) -> tuple[Figure, object]:
+    """A figure sized around one axes so the labels fit without a tight-bbox pass.
+
+    ``bbox_inches="tight"`` draws every figure twice; sizing the margins from
+    the measured label widths costs almost nothing.
+    """
+    em = fontsize / 72.0
+    left = 0.3 + _text_width_inches(labels, fontsize)
+    top = 0.25 + 1.35 * em * 1.1 * title_lines
+    bottom = 0.3 + 2.6 * em
+    plot_height = max(1.2, 0.34 * rows * max(1.0, fontsize / DEFAULT_FONTSIZE))
+    width, height = left + plot_width + right, bottom + plot_height + top
+    figure = new_figure(width, height)
+    axes = figure.add_axes((left / width, bottom / height, plot_width / width, plot_height / height))
+    return figure, axes
 
 
 def profile_figure(
@@ -83,14 +141,13 @@ def profile_figure(
     Examples
     --------
     >>> figure = profile_figure({"conv1": 0.5, "fc": 0.25}, "saturation", "train", 3, ("test_accuracy", 0.9))
-    >>> figure.axes[0].get_xlim()
-    (0.0, 1.0)
+    >>> [float(limit) for limit in figure.axes[0].get_xlim()]
+    [0.0, 1.0]
     """
     layers = list(values)
     numbers = np.array([float(values[layer]) for layer in layers], dtype=np.float64)
     finite = np.isfinite(numbers)
-    figure = new_figure(8.0, max(2.5, 0.38 * len(layers) + 1.6))
-    axes = figure.add_subplot()
+    figure, axes = _framed_axes(layers, fontsize, 6.0, len(layers), 2 if primary is not None else 1, right=0.5)
     positions = np.arange(len(layers))
     axes.barh(positions[finite], numbers[finite], color="tab:blue", height=0.7)
     axes.set_yticks(positions, labels=layers, fontsize=fontsize)
@@ -154,9 +211,8 @@ def heatmap_figure(history: pd.DataFrame, stat: str, mode: str, fontsize: float 
     full = history.reindex(columns=range(first, last + 1))
     data = np.ma.masked_invalid(full.to_numpy(dtype=np.float64))
     layers = [str(layer) for layer in history.index]
-    width = min(18.0, max(6.5, 0.12 * (last - first + 1) + 5.0))
-    figure = new_figure(width, max(2.5, 0.38 * len(layers) + 1.6))
-    axes = figure.add_subplot()
+    width = min(14.0, max(4.0, 0.12 * (last - first + 1) + 3.0))
+    figure, axes = _framed_axes(layers, fontsize, width, len(layers), 1, right=1.3)
     limits = {"vmin": 0.0, "vmax": 1.0} if stat in BOUNDED_STATS else {}
     image = axes.imshow(
         data,
@@ -171,7 +227,11 @@ def heatmap_figure(history: pd.DataFrame, stat: str, mode: str, fontsize: float 
     axes.tick_params(axis="x", labelsize=fontsize * 0.9)
     axes.set_xlabel("epoch", fontsize=fontsize)
     axes.set_title(f"{stat} ({mode}) per layer and epoch", fontsize=fontsize * 1.1)
-    colorbar = figure.colorbar(image, ax=axes)
+    box = axes.get_position()
+    figure_width = figure.get_size_inches()[0]
+    colorbar_axes = figure.add_axes((box.x1 + 0.15 / figure_width, box.y0, 0.18 / figure_width, box.height))
+    colorbar = figure.colorbar(image, cax=colorbar_axes)
+    colorbar_axes.tick_params(labelsize=fontsize * 0.8)
     colorbar.set_label(stat, fontsize=fontsize)
     return figure
 
@@ -189,7 +249,7 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> Path
     target = Path(path)
     try:
         with atomic_path(target) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+            figure.savefig(tmp, format="png", dpi=dpi)
     finally:
         figure.clear()
     return target
@@ -281,21 +341,23 @@ def plot_results(
         for (stat, mode), group in current.groupby(["stat", "mode"], sort=False):
             values = dict(zip(group["layer"], group["value"]))
             figure = profile_figure(values, str(stat), str(mode), epoch, primary, fontsize)
-            written.append(save_figure(figure, out / layout.profile_filename(str(stat), str(mode), epoch)))
+            written.append(save_figure(figure, out / profile_filename(str(stat), str(mode), epoch)))
     for stat in heatmap_stats:
         chosen = per_layer[per_layer["stat"] == stat]
         for mode, group in chosen.groupby("mode", sort=False):
             history = group.pivot_table(index="layer", columns="epoch", values="value", aggfunc="last", sort=False)
             history = history.reindex(index=list(dict.fromkeys(group["layer"])))
             figure = heatmap_figure(history, stat, str(mode), fontsize)
-            written.append(save_figure(figure, out / layout.heatmap_filename(stat, str(mode))))
+            written.append(save_figure(figure, out / heatmap_filename(stat, str(mode))))
     return written
 
 
 def _primary(results: pd.DataFrame, epoch: int, name: str | None) -> tuple[str, float] | None:
     if not name:
         return None
-    match = results[(results["epoch"] == epoch) & results["layer"].isna() & results["mode"].isna() & (results["stat"] == name)]
+    match = results[
+        (results["epoch"] == epoch) & results["layer"].isna() & results["mode"].isna() & (results["stat"] == name)
+    ]
     if match.empty:
         return None
     return name, float(match["value"].iloc[-1])

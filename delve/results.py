@@ -111,9 +111,22 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
                 continue
             mode, layer, stat = parts[str(column)]
             rows.append((int(epoch), mode, layer, stat, float(value)))
-    result = pd.DataFrame(rows, columns=TIDY_COLUMNS)
-    result = result.astype({"epoch": "int64", "value": "float64", "mode": object, "layer": object, "stat": object})
-    return result
+    return _tidy_frame(rows)
+
+
+def _tidy_frame(rows: list[tuple]) -> pd.DataFrame:
+    # Object columns keep None for "no mode / no layer" on every pandas
+    # version (pandas 3 would otherwise infer strings and turn None into NaN).
+    columns = list(zip(*rows)) if rows else [(), (), (), (), ()]
+    return pd.DataFrame(
+        {
+            "epoch": pd.Series(columns[0], dtype="int64"),
+            "mode": pd.Series(columns[1], dtype=object),
+            "layer": pd.Series(columns[2], dtype=object),
+            "stat": pd.Series(columns[3], dtype=object),
+            "value": pd.Series(columns[4], dtype="float64"),
+        }
+    )
 
 
 def wide(results: pd.DataFrame) -> pd.DataFrame:
@@ -169,8 +182,8 @@ def read_csv(savefile: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_csv(path, sep=";", index_col=0)
     except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
         raise ValueError(f"{path} is not a readable delve CSV: {_first_line(error)}") from error
-    if frame.shape[1] == 0 and len(frame) == 0 and frame.index.name is None:
-        raise ValueError(f"{path} is not a delve CSV: no header with an epoch column")
+    if len(frame) == 0:
+        raise ValueError(f"{path} is not a delve CSV: it holds no epoch rows")
     try:
         epochs = pd.to_numeric(frame.index)
         frame = frame.apply(pd.to_numeric)
@@ -224,7 +237,9 @@ def summary_table(results: pd.DataFrame, epoch: int | None = None, stats: Iterab
     if stats is not None:
         selected = selected[selected["stat"].isin(list(stats))]
     columns = [f"{mode} {stat}" for mode, stat in zip(selected["mode"], selected["stat"])]
-    long = pd.DataFrame({"layer": selected["layer"].to_numpy(), "column": columns, "value": selected["value"].to_numpy()})
+    long = pd.DataFrame(
+        {"layer": selected["layer"].to_numpy(), "column": columns, "value": selected["value"].to_numpy()}
+    )
     table = long.pivot_table(index="layer", columns="column", values="value", aggfunc="last", sort=False)
     table = table.reindex(index=list(dict.fromkeys(long["layer"])), columns=list(dict.fromkeys(columns)))
     table.columns.name = None
@@ -412,8 +427,16 @@ def recompute(npy_dir: str | os.PathLike, threshold: float = 0.99) -> pd.DataFra
     rows = []
     for (epoch, mode, layer, _), spectrum in zip(entries, spectra(entry[3] for entry in entries)):
         rows.append((epoch, mode, layer, "saturation", saturation(spectrum.values, threshold)))
-        rows.append((epoch, mode, layer, "intrinsic-dimensionality", float(intrinsic_dimensionality(spectrum.values, threshold))))
-    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+        rows.append(
+            (
+                epoch,
+                mode,
+                layer,
+                "intrinsic-dimensionality",
+                float(intrinsic_dimensionality(spectrum.values, threshold)),
+            )
+        )
+    return _tidy_frame(rows)
 
 
 def reconstruct_csv_from_npy_data(

@@ -220,9 +220,14 @@ class SaturationTracker:
     user code starts from inside a backward hook is ignored for the same
     reason.
 
-    *torch.compile.* A model compiled before or after the tracker is attached
-    keeps feeding it: the hooks run outside the compiled graph (one graph
-    break per tracked layer) and give the same statistics as eager mode.
+    *torch.compile.* A model compiled after the tracker is attached feeds it:
+    the hooks run outside the compiled graph (one graph break per tracked
+    layer) and give the same statistics as eager mode. Dynamo does not notice
+    hooks added to a model it has already compiled and run; when ``modules``
+    is the compiled model itself, the tracker calls
+    :func:`torch.compiler.reset` for you. If you pass the original module of a
+    model that was compiled and has already run, call
+    ``torch.compiler.reset()`` yourself after creating the tracker.
 
     *Mixed precision.* float16 and bfloat16 outputs (``torch.autocast``) are
     upcast before any product (to float64, or float32 with
@@ -370,6 +375,11 @@ class SaturationTracker:
             layer.module.register_forward_hook(_ForwardHook(self, self._recorders[layer.name]))
             for layer in self.layers
         ]
+        if _holds_compiled_wrapper(modules):
+            # Dynamo does not guard on module hooks: code it compiled before
+            # these hooks existed would run without ever calling them.
+            logger.info("delve: resetting torch.compile caches so the compiled model calls the new hooks")
+            torch.compiler.reset()
         logger.info("delve tracks %d layers: %s", len(self.layers), ", ".join(self._recorders))
 
     # ------------------------------------------------------------- recording
@@ -710,6 +720,19 @@ def _floating_to(state: Any, device: torch.device) -> Any:
     if isinstance(state, Mapping):
         return {key: _floating_to(value, device) for key, value in state.items()}
     return state
+
+
+def _holds_compiled_wrapper(modules: Any) -> bool:
+    """Whether ``modules`` is, or lists, a ``torch.compile`` wrapper of a model."""
+    if isinstance(modules, nn.Module):
+        candidates: list[Any] = [modules]
+        if isinstance(modules, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            candidates.append(modules.module)
+    elif isinstance(modules, Mapping):
+        candidates = list(modules.values())
+    else:
+        candidates = list(modules)
+    return any(isinstance(getattr(c, "_orig_mod", None), nn.Module) for c in candidates)
 
 
 def _module_device(module: nn.Module) -> torch.device:

@@ -19,6 +19,8 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+# ``pytest --hypothesis-profile=thorough`` for a deeper search than the default.
+settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("delve")
 
 

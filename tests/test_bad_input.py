@@ -14,7 +14,9 @@ from delve.writers import WRITERS
 
 
 def small_model() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(), nn.Linear(5, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.ReLU(), nn.Linear(5, 2)
+    )
 
 
 def build(tmp_path, **kwargs) -> SaturationTracker:
@@ -188,7 +190,9 @@ def test_stop_and_resume(tmp_path, ref) -> None:
         outputs.append(model(kept[1]))
     values = tracker.add_saturations()
     assert list(values) == ["train-covariance-matrix_common"]
-    np.testing.assert_allclose(values["train-covariance-matrix_common"], ref.cov(torch.cat(outputs).numpy()), rtol=1e-12)
+    np.testing.assert_allclose(
+        values["train-covariance-matrix_common"], ref.cov(torch.cat(outputs).numpy()), rtol=1e-12
+    )
     tracker.close()
     with pytest.raises(RuntimeError, match="closed"):
         tracker.resume()

@@ -27,7 +27,10 @@ class Net(nn.Module):
 def data(epochs: int = 2, steps: int = 7) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     generator = torch.Generator().manual_seed(123)
     return [
-        [(torch.randn(8, 2, 6, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(steps)]
+        [
+            (torch.randn(8, 2, 6, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator))
+            for _ in range(steps)
+        ]
         for _ in range(epochs)
     ]
 
@@ -188,7 +191,7 @@ def test_loading_between_epochs_and_with_initial_epoch(tmp_path) -> None:
 
 
 def test_bad_states_are_refused(tmp_path) -> None:
-    model, optimizer, tracker = fresh(str(tmp_path / "run"), nosave=True)
+    model, _, tracker = fresh(str(tmp_path / "run"), nosave=True)
     state = tracker.state_dict()
     with pytest.raises(ValueError, match="does not track"):
         tracker.load_state_dict({**state, "layers": {**state["layers"], "extra": {}}})
@@ -206,6 +209,9 @@ def test_state_of_a_subset_of_layers_loads(tmp_path) -> None:
     state = tracker.state_dict()
     other = SaturationTracker("other", modules=model, nosave=True, stats=STATS, layer_filter=["fc", "out"])
     other.load_state_dict({**state, "layers": {k: state["layers"][k] for k in ("fc", "out")}})
-    assert other._recorders["fc"].modes["train"].covariance.count == tracker._recorders["fc"].modes["train"].covariance.count
+    assert (
+        other._recorders["fc"].modes["train"].covariance.count
+        == tracker._recorders["fc"].modes["train"].covariance.count
+    )
     other.close()
     tracker.close()

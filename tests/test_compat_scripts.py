@@ -55,7 +55,7 @@ def test_gallery_regression_script(ref):
     """The 0.1.x gallery example ``extract-saturation.py``, with fewer steps and a smaller input."""
     from delve import SaturationTracker
 
-    steps = 6
+    steps = 3
     captured = {}  # h -> {(layer, mode): rows of the last step}
     logged = {}  # h -> (train losses, test losses)
 
@@ -76,9 +76,10 @@ def test_gallery_regression_script(ref):
         x_test, y_test = x_test.to(device), y_test.to(device)
 
         # Test harness only: capture what the tracked layers produce.
+        rows = captured.setdefault(h, {})
         for name, layer in (("layer0", model.linear1), ("layer1", model.linear2)):
             layer.register_forward_hook(
-                lambda m, i, o, name=name, rows=captured.setdefault(h, {}): rows.__setitem__(
+                lambda m, i, o, name=name, rows=rows: rows.__setitem__(
                     (name, "train" if m.training else "eval"), o.detach()
                 )
             )
@@ -258,8 +259,19 @@ def test_tools_reconstruct_csv_from_npy_folder(ref):
         pd.testing.assert_frame_equal(
             table[frame.columns].reset_index(drop=True), frame.reset_index(drop=True), check_names=False
         )
+    # Recomputed from the stored covariances at another threshold (this version's keyword).
+    recomputed = tools.reconstruct_csv_from_npy_data("runs/npy/npy", threshold=0.5)
+    for mode in MODES:
+        cov = ref.cov(np.concatenate(captured[mode]))
+        assert recomputed[f"{mode}-intrinsic-dimensionality_0"].iloc[-1] == ref.idim(cov, 0.5)
+        assert recomputed[f"{mode}-saturation_0"].iloc[-1] == pytest.approx(ref.saturation(cov, 0.5))
 
-    # 0.1.x spelling: recompute from the stored covariances at another threshold.
+
+
+def test_tools_reconstruct_csv_recomputes_at_another_threshold_with_the_0_1_keyword(ref):
+    # 0.1.x spelling: ``thresh=`` recomputes from the stored covariances.
+    tools = importlib.import_module("delve.tools")
+    _, captured = _npy_run(ref)
     recomputed = tools.reconstruct_csv_from_npy_data("runs/npy/npy", "recomputed.csv", thresh=0.5)
     rows = np.concatenate(captured["train"])
     assert recomputed["train-intrinsic-dimensionality_0"].iloc[-1] == ref.idim(ref.cov(rows), 0.5)

@@ -96,7 +96,7 @@ def test_ignore_layer_names_names_and_globs():
 
 @pytest.mark.parametrize("argument", ["layer_filter", "ignore_layer_names"])
 def test_pattern_that_matches_nothing_is_an_error(argument):
-    with pytest.raises(ValueError, match="'decoder.*' matches no tracked layer.*features-0"):
+    with pytest.raises(ValueError, match=r"'decoder\.\*' matches no tracked layer.*features-0"):
         discover_layers(Net(), **{argument: "decoder.*"})
 
 

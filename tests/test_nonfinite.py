@@ -69,7 +69,16 @@ def test_warned_once_per_layer_and_epoch_and_counted_again_next_epoch(tmp_path) 
     nan_batch = torch.full((4, 4), float("nan"), dtype=torch.float64)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        run(model, [torch.randn(8, 4, dtype=torch.float64), nan_batch, nan_batch, torch.randn(8, 4, dtype=torch.float64), nan_batch])
+        run(
+            model,
+            [
+                torch.randn(8, 4, dtype=torch.float64),
+                nan_batch,
+                nan_batch,
+                torch.randn(8, 4, dtype=torch.float64),
+                nan_batch,
+            ],
+        )
         first = tracker.compute_saturations()  # a look before logging: no second warning
         logged = tracker.add_saturations()
         assert len(nonfinite_warnings(record)) == 2

@@ -326,7 +326,7 @@ def test_register_observer_for_a_custom_module(clean_registry, ref):
 
 
 def test_register_observer_rejects_bad_arguments(clean_registry):
-    with pytest.raises(ValueError, match="nn.Module subclass"):
+    with pytest.raises(ValueError, match=r"nn\.Module subclass"):
         register_observer(int, lambda *a: None)
     with pytest.raises(ValueError, match="callable"):
         register_observer(Pair, "not callable")

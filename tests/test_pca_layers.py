@@ -122,6 +122,18 @@ def test_each_training_phase_is_fitted_on_its_own_data():
     assert layer.epoch == 2
 
 
+def test_training_forward_under_inference_mode_then_ordinary_forward():
+    rows = torch.randn(120, 3, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.01], dtype=torch.float64)
+    layer = LinearPCALayer(3).double()
+    with torch.inference_mode():
+        layer(rows[:60])
+    layer(rows[60:])  # in-place update of state allocated under inference mode
+    layer.eval()
+    projection, mean, _ = _numpy_projection(rows.numpy(), 0.99)
+    probe = torch.randn(4, 3, dtype=torch.float64)
+    np.testing.assert_allclose(layer(probe).numpy(), (probe.numpy() - mean) @ projection + mean, atol=1e-5)
+
+
 def test_fresh_layer_in_eval_passes_through_with_a_warning():
     layer = LinearPCALayer(3).eval()
     x = torch.randn(4, 3)
@@ -270,6 +282,20 @@ def test_state_dict_round_trip_restores_the_projection():
         torch.testing.assert_close(restored(probe), expected)
     assert restored.threshold == 0.9 and restored.n_components == layer.n_components and restored.is_fitted
     assert {"mean", "transformation_matrix", "eigenvalues", "eigenvectors"} <= set(layer.state_dict())
+
+
+def test_model_state_dict_round_trip_restores_nested_layers():
+    def make() -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(2, 3, 1), Conv2DPCALayer(3, threshold=0.8, verbose=False))
+
+    model = make()
+    _feed(model, [torch.randn(4, 2, 5, 5)])
+    probe = torch.randn(1, 2, 6, 3)
+    expected = model(probe)
+    restored = make().eval()
+    restored.load_state_dict(_round_trip(model.state_dict()))
+    assert restored[1].is_fitted and restored[1].n_components == model[1].n_components
+    torch.testing.assert_close(restored(probe), expected)
 
 
 def test_partial_accumulation_travels_with_the_state_dict():

@@ -114,13 +114,15 @@ class RowCounter:
 def test_user_statistic_with_accumulator_through_the_tracker(clean_statistics):
     register_statistic(Statistic("top", "top-eigenvalue", lambda s: float(s.spectrum.values[0])))
     register_statistic(
-        Statistic("m0", "first-mean", lambda s: float(s.extras["m0"].total) / s.extras["m0"].rows, accumulator=RowCounter)
+        Statistic(
+            "m0", "first-mean", lambda s: float(s.extras["m0"].total) / s.extras["m0"].rows, accumulator=RowCounter
+        )
     )
     model = nn.Sequential(nn.Linear(4, 3))
     captured = []
     model[0].register_forward_hook(lambda m, i, o: captured.append(o.detach().double().numpy()))
     with SaturationTracker("x", modules=model, nosave=True, stats=["top", "m0", "lsat"]) as tracker:
-        for epoch in range(2):
+        for _epoch in range(2):
             for _ in range(3):
                 model(torch.randn(10, 4))
             values = tracker.add_saturations()

@@ -23,7 +23,6 @@ import torch
 from conftest import np_cov, reference_stats
 from torch import nn
 
-import delve
 from delve import CheckLayerSat, SaturationTracker
 
 SCALAR_STATS = ("lsat", "idim", "trc", "dtrc", "det")
@@ -48,7 +47,9 @@ def reference_rows(module: nn.Module, output) -> np.ndarray:
         attended = output[0].detach()
         return attended.reshape(-1, attended.shape[-1]).double().numpy()
     out = output.detach().double().numpy()
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+    if isinstance(
+        module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    ):
         return np.moveaxis(out, 1, -1).reshape(-1, out.shape[1])  # every position is a sample
     return out.reshape(-1, out.shape[-1])
 
@@ -147,7 +148,13 @@ def mlp():
 
 def cnn():
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)
+        nn.Conv2d(2, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
     )
 
 
@@ -203,7 +210,7 @@ def test_training_loop_statistics_match_numpy(case, tmp_path):
     assert tracker.layer_names == list(paths)
     capture = Capture(submodules(model, paths))
 
-    for epoch in range(2):
+    for _epoch in range(2):
         train_steps(model, make_input, steps=3)
         eval_steps(model, make_input, steps=2)
         expected = {(name, mode): capture.rows(name, mode) for name in paths for mode in ("train", "eval")}
@@ -264,8 +271,9 @@ def test_train_and_eval_are_split_by_module_training():
 def test_log_interval_counts_forward_passes_per_layer_and_mode():
     model = mlp()
     capture = Capture(submodules(model, {"0": "0", "4": "4"}))
-    with SaturationTracker("x", modules=model, layer_filter=["0", "4"], nosave=True, log_interval=3,
-                           stats=["trc", "lsat"]) as tracker:
+    with SaturationTracker(
+        "x", modules=model, layer_filter=["0", "4"], nosave=True, log_interval=3, stats=["trc", "lsat"]
+    ) as tracker:
         for step in range(7):
             model.train()
             model(torch.randn(10, 12))
@@ -288,7 +296,7 @@ def test_max_samples_counts_rows_and_truncates_exactly(case):
     capture = Capture(submodules(model, paths))
     budget = 50 if case == "linear" else 300  # a conv batch of 24 images holds 24 * 25 rows
     with SaturationTracker("x", modules=model, nosave=True, max_samples=budget, stats=["trc", "idim", "cov"]) as t:
-        for epoch in range(2):
+        for _epoch in range(2):
             train_steps(model, make_input, steps=3)
             eval_steps(model, make_input, steps=4)
             expected = {}
@@ -304,8 +312,9 @@ def test_max_samples_counts_rows_and_truncates_exactly(case):
 def test_reset_covariance_false_keeps_accumulating():
     model = mlp()
     capture = Capture(submodules(model, {"2": "2"}))
-    with SaturationTracker("x", modules=model, layer_filter="2", nosave=True, reset_covariance=False,
-                           stats=["trc", "idim", "det"]) as tracker:
+    with SaturationTracker(
+        "x", modules=model, layer_filter="2", nosave=True, reset_covariance=False, stats=["trc", "idim", "det"]
+    ) as tracker:
         train_steps(model, CASES["linear"][1], steps=2)
         first = tracker.add_saturations()
         assert_values_match(first, {("2", "train"): capture.rows("2", "train")}, ["trc", "idim", "det"])
@@ -319,8 +328,9 @@ def test_reset_covariance_false_keeps_accumulating():
 def test_reset_covariance_false_with_max_samples_budget_per_epoch():
     model = nn.Sequential(nn.Linear(6, 4))
     capture = Capture({"0": model[0]})
-    with SaturationTracker("x", modules=model, nosave=True, reset_covariance=False, max_samples=15,
-                           stats=["trc"]) as tracker:
+    with SaturationTracker(
+        "x", modules=model, nosave=True, reset_covariance=False, max_samples=15, stats=["trc"]
+    ) as tracker:
         for _ in range(2):
             for _ in range(2):
                 model(torch.randn(10, 6))
@@ -408,8 +418,9 @@ def test_layers_without_data_are_skipped(tmp_path):
 def test_average_and_layerwise_saturation(layerwise):
     model = mlp()
     capture = Capture(submodules(model, {"0": "0", "2": "2", "4": "4"}))
-    with SaturationTracker("x", modules=model, nosave=True, average_sat=True, layerwise_sat=layerwise,
-                           stats=["lsat"]) as tracker:
+    with SaturationTracker(
+        "x", modules=model, nosave=True, average_sat=True, layerwise_sat=layerwise, stats=["lsat"]
+    ) as tracker:
         train_steps(model, CASES["linear"][1], steps=2)
         eval_steps(model, CASES["linear"][1], steps=1)
         values = tracker.add_saturations()
@@ -450,6 +461,11 @@ def test_embed_sample_is_bounded():
             model(torch.randn(10, 5))
         values = tracker.add_saturations()
     assert values["train-embedded-sample_0"].shape == (7, 2)
+    with SaturationTracker("x", modules=model, nosave=True, stats=["embed"]) as tracker:
+        for _ in range(3):
+            model(torch.randn(200, 5))
+        values = tracker.add_saturations()
+    assert values["train-embedded-sample_0"].shape == (500, 2)  # the default bound
 
 
 # ------------------------------------------------------------- files
@@ -466,7 +482,8 @@ def test_csv_matches_returned_values(tmp_path):
     frame = pd.read_csv(savefile + ".csv", sep=";", index_col="epoch")
     assert list(frame.index) == [0, 1, 2]
     scalar_keys = [key for key in returned[0] if not isinstance(returned[0][key], np.ndarray)]
-    assert set(frame.columns) == {*scalar_keys, "train-loss"}
+    # Columns in the order values first arrived: the user scalar, then layers in forward order.
+    assert list(frame.columns) == ["train-loss", *scalar_keys]
     for epoch, values in enumerate(returned):
         for key in scalar_keys:
             assert frame.loc[epoch, key] == pytest.approx(values[key], rel=1e-15), key
@@ -474,19 +491,15 @@ def test_csv_matches_returned_values(tmp_path):
     assert "train-covariance-matrix_0" in returned[0]  # arrays are returned, not put in the CSV
 
 
-def test_nosave_writes_nothing(tmp_path):
+def test_nosave_writes_nothing(tmp_path, monkeypatch):
     model = mlp()
-    before = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        tracker = SaturationTracker("run", save_to="csv", modules=model, nosave=True, stats=["lsat", "cov"])
-        train_steps(model, CASES["linear"][1], steps=2)
-        tracker.add_scalar("loss", 0.3)
-        values = tracker.add_saturations()
-        tracker.save()
-        tracker.close()
-    finally:
-        os.chdir(before)
+    monkeypatch.chdir(tmp_path)  # a relative savefile lands here if anything is written
+    tracker = SaturationTracker("run", save_to="csv", modules=model, nosave=True, stats=["lsat", "cov"])
+    train_steps(model, CASES["linear"][1], steps=2)
+    tracker.add_scalar("loss", 0.3)
+    values = tracker.add_saturations()
+    tracker.save()
+    tracker.close()
     assert values  # the values are still computed and returned
     assert list(tmp_path.iterdir()) == []
 

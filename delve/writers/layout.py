@@ -6,6 +6,7 @@ For ``savefile="runs/vgg"``::
     runs/vgg/events.out.tfevents.*       TensorBoard: the run folder is the log dir
     runs/vgg/plots/<stat>_<mode>_epoch_00003.png   per-layer profile of one epoch
     runs/vgg/plots/saturation_<mode>_heatmap.png   layers x epochs, redrawn each epoch
+                                         (names: delve.plotting.profile_filename, heatmap_filename)
     runs/vgg/npy/<value name>/epoch_00003.npy      one folder per logged value
     runs/vgg/npy/counters.json                     folder -> value name, epochs written
     runs/vgg/npy.zip                     optional archive of exactly runs/vgg/npy
@@ -18,8 +19,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..naming import safe_filename
-
 __all__ = [
     "csv_path",
     "run_dir",
@@ -29,15 +28,10 @@ __all__ = [
     "COUNTERS_FILE",
     "epoch_filename",
     "epoch_of_filename",
-    "profile_filename",
-    "heatmap_filename",
-    "PROFILE_PATTERN",
 ]
 
 COUNTERS_FILE = "counters.json"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
-#: Matches the per-epoch profile PNGs; group 1 is the epoch.
-PROFILE_PATTERN = re.compile(r"^.+_(?:train|eval)_epoch_(\d+)\.png$")
 
 
 def csv_path(savepath: str | Path) -> Path:
@@ -118,25 +112,3 @@ def epoch_of_filename(name: str) -> int | None:
     """
     match = _EPOCH_FILE.match(name)
     return int(match.group(1)) if match else None
-
-
-def profile_filename(stat: str, mode: str, epoch: int) -> str:
-    """PNG name of a per-layer profile.
-
-    Examples
-    --------
-    >>> profile_filename("saturation", "train", 3)
-    'saturation_train_epoch_00003.png'
-    """
-    return f"{safe_filename(stat)}_{safe_filename(mode)}_epoch_{int(epoch):05d}.png"
-
-
-def heatmap_filename(stat: str, mode: str) -> str:
-    """PNG name of a layers-by-epochs heatmap.
-
-    Examples
-    --------
-    >>> heatmap_filename("saturation", "eval")
-    'saturation_eval_heatmap.png'
-    """
-    return f"{safe_filename(stat)}_{safe_filename(mode)}_heatmap.png"

@@ -123,10 +123,14 @@ class NPYWriter(AbstractWriter):
         self.save()
         if self.zip and self.directory.is_dir():
             with writing(self, self.zip_path), atomic_path(self.zip_path) as tmp:
-                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                    for file in sorted(self.directory.rglob("*")):
-                        if file.is_file() and not file.name.startswith("."):
-                            archive.write(file, Path(self.directory.name) / file.relative_to(self.directory))
+                self._write_zip(tmp)
+
+    def _write_zip(self, target: Path) -> None:
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            # Temporary files of interrupted writes start with "." and stay out.
+            for file in sorted(self.directory.rglob("*")):
+                if file.is_file() and not file.name.startswith("."):
+                    archive.write(file, Path(self.directory.name) / file.relative_to(self.directory))
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
         """Keep the files of epochs before ``initial_epoch``; delete later ones."""
@@ -135,8 +139,10 @@ class NPYWriter(AbstractWriter):
             return
         try:
             content = json.loads(counters.read_text(encoding="utf-8"))
-            values = {safe_filename(str(k)): {"name": str(v["name"]), "epochs": [int(e) for e in v["epochs"]]}
-                      for k, v in content["values"].items()}
+            values = {
+                safe_filename(str(k)): {"name": str(v["name"]), "epochs": [int(e) for e in v["epochs"]]}
+                for k, v in content["values"].items()
+            }
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise WriterError(f"NPYWriter cannot resume from {counters}: {error}") from error
         for folder, entry in values.items():

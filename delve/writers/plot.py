@@ -100,8 +100,10 @@ class CSVandPlottingWriter(CSVWriter):
         super().resume_from_saved_state(initial_epoch)
         if not self.plot_dir.is_dir():
             return
+        from ..plotting import PROFILE_PATTERN
+
         for file in self.plot_dir.iterdir():
-            match = layout.PROFILE_PATTERN.match(file.name)
+            match = PROFILE_PATTERN.match(file.name)
             if match and int(match.group(1)) >= initial_epoch:
                 file.unlink(missing_ok=True)
 

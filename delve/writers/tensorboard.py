@@ -45,7 +45,7 @@ def tensorboard_tag(name: str) -> str:
     if mode is None:
         return name
     if layer is None:
-        return f"{stat[len('average-'):]}/{mode}/average"
+        return f"{stat[len('average-') :]}/{mode}/average"
     return f"{stat}/{mode}/{layer}"
 
 
@@ -159,7 +159,7 @@ class TensorBoardWriter(AbstractWriter):
         from ..results import classify
 
         step = self._epoch(epoch)
-        mode, layer, stat = classify(name)
+        mode, layer, _ = classify(name)
         array = np.asarray(value)
         if array.ndim == 2 and array.shape[0] == array.shape[1] and array.size and mode is not None and layer:
             import torch

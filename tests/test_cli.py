@@ -1,0 +1,192 @@
+"""The ``delve`` command: subcommands, help, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib import image as mpimg
+from torch import nn
+
+from delve import SaturationTracker
+from delve.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    savefile = str(root / "run")
+    tracker = SaturationTracker(savefile, save_to=["csv", "npy"], modules=model, stats=["lsat", "idim", "cov"])
+    for epoch in range(2):
+        model.train()
+        model(torch.randn(40, 6))
+        tracker.add_scalar("test_accuracy", 0.5 + epoch / 4)
+        tracker.add_saturations()
+    tracker.close()
+    return savefile
+
+
+def run_module(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "delve", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+def test_python_dash_m_summary_prints_the_last_epoch(run):
+    done = run_module("summary", run)
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(run + ".csv", sep=";", index_col=0)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "epoch 1"
+    assert lines[1].split() == ["layer", "train", "lsat", "train", "idim"]
+    values = {line.split()[0]: line.split()[1:] for line in lines[2:4]}
+    assert float(values["0"][0]) == pytest.approx(frame.loc[1, "train-saturation_0"], abs=5e-4)
+    assert int(values["2"][1]) == frame.loc[1, "train-intrinsic-dimensionality_2"]
+    assert lines[4] == "test_accuracy = 0.75"
+
+
+def test_python_dash_m_missing_file_one_line_exit_2(tmp_path):
+    done = run_module("summary", str(tmp_path / "nothing"))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0
+    assert "nothing.csv" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_main_help_for_every_subcommand(capsys):
+    for command in ([], ["plot"], ["recompute"], ["summary"], ["demo"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: delve")
+    main_help = ""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    main_help = capsys.readouterr().out
+    assert all(name in main_help for name in ("demo", "plot", "recompute", "summary"))
+
+
+def test_no_command_prints_usage_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: delve" in capsys.readouterr().err
+
+
+def test_plot_redraws_figures(run, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert main(["plot", run, "--out", str(out), "--epochs", "all", "--primary-metric", "test_accuracy"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "intrinsic-dimensionality_train_epoch_00000.png",
+        "intrinsic-dimensionality_train_epoch_00001.png",
+        "saturation_train_epoch_00000.png",
+        "saturation_train_epoch_00001.png",
+        "saturation_train_heatmap.png",
+    ]
+    for name in names:
+        pixels = mpimg.imread(out / name)
+        assert min(pixels.shape[:2]) > 100 and pixels[..., :3].std() > 0.01
+    assert f"wrote 5 figure(s) to {out}" in capsys.readouterr().out
+
+
+def test_plot_default_folder_is_the_run_plots_folder(run, capsys):
+    assert main(["plot", run + ".csv", "--epochs", "1"]) == 0
+    assert sorted(p.name for p in (Path(run) / "plots").iterdir()) == [
+        "intrinsic-dimensionality_train_epoch_00001.png",
+        "saturation_train_epoch_00001.png",
+        "saturation_train_heatmap.png",
+    ]
+
+
+def test_recompute_prints_and_writes_csv(run, tmp_path, capsys, ref):
+    out_csv = tmp_path / "recomputed.csv"
+    assert main(["recompute", run + "/npy", "--threshold", "0.5", "--out", str(out_csv)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "threshold 0.5" and printed[1] == "epoch 1"
+    frame = pd.read_csv(out_csv, sep=";", index_col=0)
+    assert list(frame.index) == [0, 1]
+    for epoch in (0, 1):
+        for layer in ("0", "2"):
+            cov = np.load(f"{run}/npy/train-covariance-matrix_{layer}/epoch_{epoch:05d}.npy", allow_pickle=False)
+            assert frame.loc[epoch, f"train-saturation_{layer}"] == pytest.approx(ref.saturation(cov, 0.5))
+            assert frame.loc[epoch, f"train-intrinsic-dimensionality_{layer}"] == ref.idim(cov, 0.5)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["summary", "{tmp}/missing"],
+        ["plot", "{tmp}/missing"],
+        ["recompute", "{tmp}/missing"],
+        ["summary", "{tmp}/corrupt"],
+        ["plot", "{tmp}/corrupt.csv"],
+        ["recompute", "{tmp}/badnpy"],
+        ["summary", "{run}", "--epoch", "7"],
+    ],
+)
+def test_missing_or_corrupt_input_one_line_exit_2(argv, run, tmp_path, capsys):
+    (tmp_path / "corrupt.csv").write_bytes(b"\x00\xff\xfe not a csv \x00")
+    folder = tmp_path / "badnpy" / "train-covariance-matrix_fc"
+    folder.mkdir(parents=True)
+    (folder / "epoch_00000.npy").write_bytes(b"truncated")
+    argv = [part.format(tmp=tmp_path, run=run) for part in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith(f"delve {argv[0]}: error: ")
+    assert "Traceback" not in captured.err
+
+
+def test_bad_threshold_is_a_usage_error(run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recompute", run + "/npy", "--threshold", "1.5"])
+    assert exit_info.value.code == 2
+    assert "expected a number in (0, 1]" in capsys.readouterr().err
+
+
+def test_demo_calls_run_demo_lazily(monkeypatch, tmp_path):
+    if importlib.util.find_spec("delve.demo") is None:
+        pytest.skip("delve.demo is not there yet; only its --help is tested")
+    import delve.demo
+
+    calls = []
+
+    def fake_run_demo(out_dir="delve-demo", epochs=None):
+        calls.append((out_dir, epochs))
+        return 0
+
+    # The real demo trains for a minute; here only the wiring is checked.
+    monkeypatch.setattr(delve.demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--epochs", "2"]) == 0
+    assert main(["demo"]) == 0
+    assert calls == [(str(tmp_path / "d"), 2), ("delve-demo", None)]
+
+
+def test_demo_rejects_a_bad_epoch_count(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--epochs", "0"])
+    assert exit_info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_console_script_entry_point_resolves_to_main():
+    import importlib
+    import re
+
+    text = (ROOT / "setup.py").read_text()
+    match = re.search(r"[\"']delve\s*=\s*([\w.]+):(\w+)[\"']", text)
+    assert match, "setup.py declares no `delve` console script"
+    module, attribute = match.groups()
+    assert getattr(importlib.import_module(module), attribute) is main

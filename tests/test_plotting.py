@@ -1,0 +1,172 @@
+"""Figures: PNGs read back with matplotlib.image; layer order, axes, heatmap growth, memory."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib import image as mpimg
+from torch import nn
+
+from delve import SaturationTracker
+from delve.plotting import heatmap_figure, plot_results, profile_figure
+from delve.writers import CSVandPlottingWriter
+
+
+def assert_png_drawn(path, min_side: int = 100) -> np.ndarray:
+    assert path.is_file(), path
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) >= min_side, pixels.shape
+    rgb = pixels[..., :3]
+    assert rgb.std() > 0.01, f"{path} is blank"
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 10, f"{path} is flat"
+    return pixels
+
+
+def tidy_frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["epoch", "mode", "layer", "stat", "value"])
+
+
+class Deep(nn.Module):
+    """Layers whose forward order differs from their definition order, with long names."""
+
+    def __init__(self):
+        super().__init__()
+        self.head_classifier_projection = nn.Linear(4, 3)
+        self.encoder_block_with_a_rather_long_name = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head_classifier_projection(torch.relu(self.encoder_block_with_a_rather_long_name(x)))
+
+
+def test_profile_layers_in_given_order_full_names_fixed_axis():
+    layers = {"encoder-block-with-a-rather-long-name": 0.25, "head": 1.0, "zzz-last": 0.5}
+    figure = profile_figure(layers, "saturation", "train", 4, primary=("test_accuracy", 0.875))
+    axes = figure.axes[0]
+    assert axes.get_xlim() == (0.0, 1.0)
+    labels = [tick.get_text() for tick in axes.get_yticklabels()]
+    assert labels == list(layers)
+    # First layer drawn at the top: the y axis runs downwards.
+    assert axes.get_ylim()[0] > axes.get_ylim()[1]
+    widths = [patch.get_width() for patch in axes.patches]
+    assert widths == [0.25, 1.0, 0.5]
+    assert "test_accuracy = 0.875" in axes.get_title() and "epoch 4" in axes.get_title()
+
+
+def test_profile_unbounded_stat_and_non_finite_values():
+    figure = profile_figure({"a": -12.0, "b": float("-inf"), "c": 3.0}, "covariance-log-determinant", "eval", 0)
+    axes = figure.axes[0]
+    low, high = axes.get_xlim()
+    assert low < -12.0 and high > 3.0
+    assert [patch.get_width() for patch in axes.patches] == [-12.0, 3.0]
+    assert any(text.get_text().strip() == "-inf" for text in axes.texts)
+
+
+def test_heatmap_rows_layers_columns_epochs_fixed_colour_scale():
+    history = pd.DataFrame({0: [0.1, 0.9], 2: [0.3, np.nan]}, index=["conv", "fc"])
+    figure = heatmap_figure(history, "saturation", "train")
+    image = figure.axes[0].images[0]
+    data = image.get_array()
+    assert data.shape == (2, 3)  # epoch 1 missing: a blank column, not a squeezed axis
+    assert data.mask[:, 1].all() and data.mask[1, 2]
+    assert data[0, 0] == pytest.approx(0.1) and data[0, 2] == pytest.approx(0.3)
+    assert image.get_clim() == (0.0, 1.0)
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["conv", "fc"]
+
+
+def test_plot_results_writes_profiles_and_heatmaps(tmp_path):
+    results = tidy_frame(
+        [
+            (e, m, layer, "saturation", v)
+            for e in range(2)
+            for m in ("train", "eval")
+            for layer, v in (("a", 0.2 + e / 10), ("b", 0.8))
+        ]
+        + [(e, "train", "a", "intrinsic-dimensionality", 3.0) for e in range(2)]
+        + [(e, None, None, "test_accuracy", 0.5 + e / 10) for e in range(2)]
+    )
+    written = plot_results(results, tmp_path, epochs="all", primary_metric="test_accuracy")
+    names = sorted(path.name for path in written)
+    expected = sorted(
+        [f"saturation_{m}_epoch_{e:05d}.png" for e in range(2) for m in ("train", "eval")]
+        + [f"intrinsic-dimensionality_train_epoch_{e:05d}.png" for e in range(2)]
+        + ["saturation_train_heatmap.png", "saturation_eval_heatmap.png"]
+    )
+    assert names == expected == sorted(p.name for p in tmp_path.iterdir())
+    for path in written:
+        assert_png_drawn(path)
+    # Only the last epoch by default, or the epochs asked for.
+    assert [p.name for p in plot_results(results, tmp_path / "last", heatmap_stats=())] == [
+        "saturation_train_epoch_00001.png",
+        "saturation_eval_epoch_00001.png",
+        "intrinsic-dimensionality_train_epoch_00001.png",
+    ]
+    with pytest.raises(ValueError, match="'last', 'all'"):
+        plot_results(results, tmp_path, epochs="first")
+
+
+def test_plot_writer_draws_each_epoch_and_the_heatmap_grows(tmp_path):
+    torch.manual_seed(0)
+    model = Deep()
+    writer = CSVandPlottingWriter(str(tmp_path / "run"), fontsize=16, primary_metric="test_accuracy")
+    tracker = SaturationTracker(str(tmp_path / "run"), save_to=[writer], modules=model)
+    plots = tmp_path / "run" / "plots"
+    heatmap_widths = []
+    for epoch in range(3):
+        model(torch.randn(30, 6))
+        tracker.add_scalar("test_accuracy", 0.25 * epoch)
+        tracker.add_saturations()
+        assert_png_drawn(plots / f"saturation_train_epoch_{epoch:05d}.png")
+        heatmap_widths.append(assert_png_drawn(plots / "saturation_train_heatmap.png").shape[1])
+    tracker.close()
+    assert heatmap_widths[0] <= heatmap_widths[1] <= heatmap_widths[2]
+    # The CSV is there too, in forward order (the encoder runs first).
+    frame = pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0)
+    assert list(frame.columns) == [
+        "test_accuracy",
+        "train-saturation_encoder_block_with_a_rather_long_name",
+        "train-saturation_head_classifier_projection",
+    ]
+    np.testing.assert_allclose(frame["test_accuracy"], [0.0, 0.25, 0.5])
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "saturation_train_epoch_00000.png",
+        "saturation_train_epoch_00001.png",
+        "saturation_train_epoch_00002.png",
+        "saturation_train_heatmap.png",
+    ]
+
+
+def test_plot_writer_profiles_follow_forward_order(tmp_path):
+    model = Deep()
+    writer = CSVandPlottingWriter(str(tmp_path / "run"))
+    tracker = SaturationTracker(str(tmp_path / "run"), save_to=[writer], modules=model)
+    model(torch.randn(30, 6))
+    tracker.add_saturations()
+    tracker.close()
+    from delve.results import load_results
+
+    results = load_results(tmp_path / "run")
+    assert list(results["layer"]) == ["encoder_block_with_a_rather_long_name", "head_classifier_projection"]
+
+
+def test_figures_are_freed_and_never_registered_with_pyplot(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    def live_figures() -> int:
+        gc.collect()
+        return sum(type(obj) is Figure for obj in gc.get_objects())
+
+    writer = CSVandPlottingWriter(str(tmp_path / "run"))
+    before_pyplot, before = set(plt.get_fignums()), live_figures()
+    for epoch in range(4):
+        for layer in range(3):
+            writer.add_scalar(f"train-saturation_layer{layer}", (layer + epoch) / 8, epoch)
+        writer.save()
+    # Eight figures were drawn; none is kept alive, so long runs do not grow memory.
+    assert len(list((tmp_path / "run" / "plots").iterdir())) == 5
+    assert live_figures() == before
+    assert set(plt.get_fignums()) == before_pyplot

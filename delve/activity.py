@@ -11,6 +11,11 @@ is needed, so :class:`MeanAbsoluteActivity` keeps a float64 sum of ``|x|`` per
 feature and a row count, fed on the tracker's hot path with the same
 observation rows as the covariance (a convolution's channels are its units,
 every spatial position an observation).
+
+The tracker observes a layer's *output*: for ``Linear`` or ``Conv`` layers
+followed by a separate activation module that is the pre-activation, whereas
+Sokar et al. score post-activation values. A pre-activation unit counts as
+dormant only when its output stays near zero, not when a ReLU silences it.
 """
 
 from __future__ import annotations

@@ -151,10 +151,9 @@ def _run_plot(args: argparse.Namespace) -> int:
     if args.primary_metric:
         scalars = sorted(set(results.loc[results["layer"].isna() & results["mode"].isna(), "stat"]))
         if args.primary_metric not in scalars:
-            print(
-                f"delve plot: warning: no scalar named {args.primary_metric!r}; the run has: {', '.join(scalars) or 'none'}",
-                file=sys.stderr,
-            )
+            known = ", ".join(scalars) or "none"
+            warning = f"no scalar named {args.primary_metric!r}; the run has: {known}"
+            print(f"delve plot: warning: {warning}", file=sys.stderr)
     written = plot_results(results, out, epochs=args.epochs, primary_metric=args.primary_metric, fontsize=args.fontsize)
     if not written:
         raise _InputError(f"{layout.csv_path(args.run)} holds no per-layer values to plot")

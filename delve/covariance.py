@@ -238,11 +238,12 @@ class TorchCovarianceMatrix:
         ``copy_`` is also the fast dtype conversion here: mixed-dtype
         arithmetic is several times slower on a CPU.
 
-        The mean is exact in float64. In a lower product precision it carries
-        a rounding error that grows with ``|mean|``, so the mean left over in
-        the centred rows is measured: it is subtracted again when that is the
-        cheaper pass (fewer samples than features), else returned as
-        ``residual`` (the sum of the centred rows) for the product to remove.
+        The mean is summed in the accumulator's dtype (float64). A lower
+        product precision centres on the mean rounded to it, which leaves an
+        offset growing with ``|mean|`` in the rows; that offset is known
+        exactly and is subtracted again when that is the cheaper pass (fewer
+        samples than features), else returned as ``residual`` (the sum of the
+        centred rows) for the product to remove.
         """
         d = x.shape[-1]
         n = x.numel() // d
@@ -262,17 +263,21 @@ class TorchCovarianceMatrix:
             buffer[:n].view(x.shape).copy_(x)
             samples = buffer.t()
         data = samples[:, :n]
-        batch_mean = data.sum(1, keepdim=True).div_(n)
-        data.sub_(batch_mean)
+        batch_mean = data.sum(1, keepdim=True, dtype=self.dtype).div_(n)
         residual = None
-        if dtype != torch.float64:
-            residual = data.sum(1, keepdim=True)
+        if dtype == self.dtype:
+            data.sub_(batch_mean)
+        else:
+            rounded = batch_mean.to(dtype)
+            data.sub_(rounded)
+            # The rows now hold the mean's rounding error, which grows with
+            # |mean|; it is known exactly, so it is taken out again.
+            leftover = batch_mean - rounded.to(self.dtype)
             if n <= d:
-                data.sub_(residual / n)
-            batch_mean = batch_mean.to(self.dtype).add_(residual.to(self.dtype), alpha=1.0 / n)
-            if n <= d:
-                residual = None
-        batch_mean = batch_mean.to(self.dtype).view(d)
+                data.sub_(leftover.to(dtype))
+            else:
+                residual = leftover.mul_(n)
+        batch_mean = batch_mean.view(d)
         if shift is not None:
             batch_mean = batch_mean + shift.to(self.dtype)
         return samples, batch_mean, residual

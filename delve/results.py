@@ -323,12 +323,15 @@ def format_summary(results: pd.DataFrame, epoch: int | None = None, stats: Itera
 def read_npy_dir(npy_dir: str | os.PathLike) -> dict[str, dict[int, Path]]:
     """Index an NPY writer's folder: ``{value name: {epoch: file}}``.
 
+    ``npy_dir`` may also be the run folder holding it (``<savefile>``).
     Names come from ``counters.json`` when present (folder names are
     sanitised and may differ from the value name), else from the folders.
     """
     directory = Path(npy_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"no NPY results at {directory} (folder not found)")
+    if not (directory / layout.COUNTERS_FILE).is_file() and (directory / "npy" / layout.COUNTERS_FILE).is_file():
+        directory = directory / "npy"  # the run folder (the NPY writer's savepath) was given
     names: dict[str, str] = {}
     counters = directory / layout.COUNTERS_FILE
     if counters.is_file():
@@ -440,7 +443,11 @@ def recompute(npy_dir: str | os.PathLike, threshold: float = 0.99) -> pd.DataFra
 
 
 def reconstruct_csv_from_npy_data(
-    npy_dir: str | os.PathLike, savefile: str | os.PathLike | None = None, threshold: float | None = None
+    npy_dir: str | os.PathLike,
+    savefile: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    *,
+    thresh: float | None = None,
 ) -> pd.DataFrame:
     """Rebuild a run's wide table (and optionally its CSV) from the NPY writer's folder.
 
@@ -451,11 +458,14 @@ def reconstruct_csv_from_npy_data(
     Parameters
     ----------
     npy_dir : str or path
-        The NPY writer's folder.
+        The NPY writer's folder (``<savefile>/npy``), or the run folder
+        ``<savefile>`` that holds it.
     savefile : str or path, optional
         Write the table to ``<savefile>.csv`` in the tracker's CSV format.
     threshold : float, optional
         Recompute saturation statistics at this threshold.
+    thresh : float, optional
+        The delve 0.1.x name of ``threshold``.
 
     Examples
     --------
@@ -468,6 +478,10 @@ def reconstruct_csv_from_npy_data(
     epoch
     0                0.5
     """
+    if thresh is not None:
+        if threshold is not None and threshold != thresh:
+            raise ValueError(f"give threshold or its 0.1.x name thresh, not both ({threshold!r} != {thresh!r})")
+        threshold = thresh
     stored = load_npy_values(npy_dir)
     frame = stored
     if threshold is not None:

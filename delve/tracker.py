@@ -494,9 +494,9 @@ class SaturationTracker:
         return values
 
     def _warn_nonfinite(self, name: str, mode: str, rejected: int) -> None:
-        """Warn once per layer, mode and epoch, on the writing rank only."""
+        """Warn once per layer, mode and epoch; with merged ranks, on the writing rank only."""
         key = (self.epoch, name, mode)
-        if key in self._warned or not self.is_writer:
+        if key in self._warned or not (self.is_writer or not self.sync_ranks):
             return
         self._warned = {entry for entry in self._warned if entry[0] == self.epoch}
         self._warned.add(key)

@@ -190,3 +190,9 @@ def test_console_script_entry_point_resolves_to_main():
     assert match, "setup.py declares no `delve` console script"
     module, attribute = match.groups()
     assert getattr(importlib.import_module(module), attribute) is main
+
+
+def test_plot_warns_about_an_unknown_primary_metric(run, tmp_path, capsys):
+    assert main(["plot", run, "--out", str(tmp_path), "--primary-metric", "test-accuracy"]) == 0
+    err = capsys.readouterr().err
+    assert "no scalar named 'test-accuracy'; the run has: test_accuracy" in err

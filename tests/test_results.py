@@ -210,3 +210,14 @@ def test_corrupt_csv_is_a_clear_value_error(tmp_path, content, message):
 def test_missing_csv_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no delve results at .*nothing\.csv"):
         load_results(tmp_path / "nothing")
+
+
+def test_reconstruct_accepts_the_run_folder_and_the_0_1_threshold_keyword(npy_run, ref):
+    savefile, rows = npy_run
+    from_run_folder = reconstruct_csv_from_npy_data(savefile, thresh=0.5)
+    from_npy_folder = reconstruct_csv_from_npy_data(savefile + "/npy", threshold=0.5)
+    pd.testing.assert_frame_equal(from_run_folder, from_npy_folder)
+    cov = ref.cov(rows[(0, "eval", "0")])
+    assert from_run_folder.loc[0, "eval-intrinsic-dimensionality_0"] == ref.idim(cov, 0.5)
+    with pytest.raises(ValueError, match="not both"):
+        reconstruct_csv_from_npy_data(savefile, threshold=0.9, thresh=0.5)

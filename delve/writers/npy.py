@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zipfile
 from pathlib import Path
@@ -101,16 +102,24 @@ class NPYWriter(AbstractWriter):
     def save(self) -> None:
         if not self._pending:
             return
-        for (name, epoch), array in self._pending.items():
-            folder = self._folder(name)
-            path = self.directory / folder / layout.epoch_filename(epoch)
-            with writing(self, path), atomic_path(path) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-            epochs = self._counters[folder]["epochs"]
-            if epoch not in epochs:
-                epochs.append(epoch)
-                epochs.sort()
-        self._pending.clear()
+        # Taken out first: on a disk that keeps failing, covariance matrices
+        # must not pile up in memory epoch after epoch. The error is raised.
+        pending, self._pending = self._pending, {}
+        try:
+            for (name, epoch), array in pending.items():
+                folder = self._folder(name)
+                path = self.directory / folder / layout.epoch_filename(epoch)
+                with writing(self, path), atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                    np.save(handle, array, allow_pickle=False)
+                epochs = self._counters[folder]["epochs"]
+                if epoch not in epochs:
+                    epochs.append(epoch)
+                    epochs.sort()
+        except WriterError:
+            # Record what did get written; the first error is the one to report.
+            with contextlib.suppress(WriterError):
+                self._write_counters()
+            raise
         self._write_counters()
 
     def _write_counters(self) -> None:

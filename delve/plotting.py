@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Statistics that live in [0, 1] and are drawn on a fixed 0..1 axis.
-BOUNDED_STATS = ("saturation", "average-saturation")
+BOUNDED_STATS = ("saturation", "average-saturation", "dormant-fraction")
 DEFAULT_FONTSIZE = 11
 #: Matches the per-epoch profile PNGs; group 1 is the epoch.
 PROFILE_PATTERN = re.compile(r"^.+_(?:train|eval)_epoch_(\d+)\.png$")

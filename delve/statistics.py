@@ -146,9 +146,12 @@ def register_statistic(statistic: Statistic) -> Statistic:
 
     Examples
     --------
-    >>> from delve.statistics import Statistic, register_statistic
+    >>> from delve.statistics import STATISTICS, Statistic, register_statistic
     >>> _ = register_statistic(Statistic("top", "top-eigenvalue",
     ...                                  lambda s: float(s.spectrum.values[0])))
+    >>> resolve_stats(["lsat", "top"])
+    ['lsat', 'top']
+    >>> del STATISTICS["top"]  # keep the doctest from changing the global registry
     """
     if "_" in statistic.name:
         raise ValueError(f"statistic names may not contain '_': {statistic.name!r}")

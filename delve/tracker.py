@@ -146,7 +146,9 @@ class SaturationTracker:
         epoch.
     stats : list of str
         Statistic keys: ``lsat``, ``idim``, ``cov``, ``det``, ``trc``,
-        ``dtrc``, ``embed`` (0.1.x spellings such as ``lsat_eval`` accepted).
+        ``dtrc``, ``embed``, ``erank``, ``pr``, ``alpha``, ``dorm`` (see
+        :mod:`delve.statistics`; 0.1.x spellings such as ``lsat_eval``
+        accepted).
     layerwise_sat : bool
         Log per-layer values; ``False`` with ``average_sat=True`` logs only
         the average saturation.

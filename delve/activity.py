@@ -101,6 +101,27 @@ class MeanAbsoluteActivity:
         self._count.add_(other._count.to(self._count.device))  # type: ignore[union-attr]
         return self
 
+    def merged_across_ranks(self, num_features: int, group: Any = None) -> MeanAbsoluteActivity:
+        """A new accumulator holding the rows of every ``torch.distributed`` rank.
+
+        Sums and counts add up, so one all-reduce of ``d + 1`` numbers does it.
+        A rank that saw no rows contributes zeros of size ``num_features``.
+        This accumulator is left untouched.
+        """
+        from . import distributed
+
+        device = distributed.communication_device(group)
+        packed = torch.zeros(num_features + 1, dtype=torch.float64, device=device)
+        if self._sum is not None:
+            packed[:num_features] = self._sum.to(device)
+            packed[num_features] = self._count.to(device, torch.float64)  # type: ignore[union-attr]
+        torch.distributed.all_reduce(packed, group=group)
+        home = self._sum.device if self._sum is not None else device
+        merged = MeanAbsoluteActivity()
+        merged._sum = packed[:num_features].to(home)
+        merged._count = packed[num_features].round().to(torch.int64).to(home)
+        return merged
+
     def state_dict(self) -> dict[str, Any]:
         """Tensors only, loadable with ``torch.load(weights_only=True)``."""
         if self._sum is None:

@@ -30,7 +30,14 @@ import torch.distributed as dist
 
 from .covariance import TorchCovarianceMatrix
 
-__all__ = ["is_distributed", "get_rank", "get_world_size", "merge_across_ranks"]
+__all__ = [
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "communication_device",
+    "merge_across_ranks",
+    "merge_extras_across_ranks",
+]
 
 # Larger than any feature size; marks "this rank saw no data" in the MAX reduction.
 _NO_FEATURES = 2**62
@@ -73,8 +80,11 @@ def is_distributed(group: Any = None) -> bool:
     return get_world_size(group) > 1
 
 
-def _communication_device(group: Any) -> torch.device:
-    # NCCL only moves CUDA tensors; gloo and the others take CPU tensors.
+def communication_device(group: Any = None) -> torch.device:
+    """The device whose tensors ``group``'s backend can reduce.
+
+    NCCL only moves CUDA tensors; gloo and the others take CPU tensors.
+    """
     backend = str(dist.get_backend(group)).lower()
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -123,7 +133,7 @@ def merge_across_ranks(
     """
     if not is_distributed(group):
         return list(accumulators)
-    device = _communication_device(group)
+    device = communication_device(group)
     slots = len(accumulators)
     if devices is None:
         devices = [None] * slots
@@ -226,4 +236,29 @@ def _accumulator_from(
         state["mean"] = mean.to(target)
         state["comoment"] = comoment.to(target)
     merged.load_state_dict(state)
+    return merged
+
+
+def merge_extras_across_ranks(
+    extras: Sequence[Any], num_features: int, group: Any = None
+) -> list[Any]:
+    """Merge a slot's extra accumulators (see :class:`delve.statistics.FeatureAccumulator`).
+
+    Every rank calls this with the same keys in the same order for a slot
+    that saw data on some rank (a rank without data passes fresh
+    accumulators). An accumulator that defines
+    ``merged_across_ranks(num_features, group)`` returns a new, merged
+    accumulator; one that does not stays per-rank.
+
+    Examples
+    --------
+    >>> merge_extras_across_ranks([], num_features=3)  # nothing to merge
+    []
+    """
+    if not is_distributed(group):
+        return list(extras)
+    merged = []
+    for extra in extras:
+        merge = getattr(extra, "merged_across_ranks", None)
+        merged.append(merge(num_features, group) if merge is not None else extra)
     return merged

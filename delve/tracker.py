@@ -409,7 +409,7 @@ class SaturationTracker:
         return self._recording
 
     # ----------------------------------------------------------- computation
-    def _gather(self) -> dict[tuple[str, str], tuple[TorchCovarianceMatrix | None, Any]]:
+    def _gather(self) -> dict[tuple[str, str], tuple[TorchCovarianceMatrix | None, Any, dict[str, Any]]]:
         """Every layer's and mode's accumulator, merged across ranks when distributed.
 
         The slots are the layer list times the modes, the same on every rank
@@ -424,12 +424,29 @@ class SaturationTracker:
                 state = recorder.modes.get(mode)
             states.append(state)
             local.append(state.covariance if state is not None else None)
-        if self.sync_ranks and distributed.is_distributed(self.process_group):
-            devices = [self.device or _module_device(self._layer_modules[name]) for name, _ in slots]
-            merged = distributed.merge_across_ranks(local, self.process_group, devices)
-        else:
-            merged = local
-        return {slot: (accumulator, state) for slot, accumulator, state in zip(slots, merged, states)}
+        if not (self.sync_ranks and distributed.is_distributed(self.process_group)):
+            return {
+                slot: (accumulator, state, state.extras if state is not None else {})
+                for slot, accumulator, state in zip(slots, local, states)
+            }
+        devices = [self.device or _module_device(self._layer_modules[name]) for name, _ in slots]
+        merged = distributed.merge_across_ranks(local, self.process_group, devices)
+        gathered = {}
+        for slot, accumulator, state in zip(slots, merged, states):
+            extras: dict[str, Any] = {}
+            # Decided from the merged (global) count, so every rank takes part.
+            if accumulator is not None and accumulator.count > 0 and self.settings.extra_accumulators:
+                keys = [key for key, _ in self.settings.extra_accumulators]
+                local_extras = [
+                    state.extras[key] if state is not None else factory()
+                    for key, factory in self.settings.extra_accumulators
+                ]
+                reduced = distributed.merge_extras_across_ranks(
+                    local_extras, accumulator.num_features, self.process_group  # type: ignore[arg-type]
+                )
+                extras = dict(zip(keys, reduced))
+            gathered[slot] = (accumulator, state, extras)
+        return gathered
 
     def compute_saturations(self) -> dict[str, Any]:
         """The statistics of everything recorded since the last reset, without logging.
@@ -450,7 +467,7 @@ class SaturationTracker:
         rejections = []
         for name in self.layer_names:
             for mode in MODES:
-                accumulator, state = gathered[(name, mode)]
+                accumulator, state, extras = gathered[(name, mode)]
                 if accumulator is None:
                     continue
                 # The lock keeps a hook in another thread from merging mid-read.
@@ -458,16 +475,18 @@ class SaturationTracker:
                     count = accumulator.count
                     rejected = accumulator.rejected_batches
                     if count > 0:
-                        entries.append((name, mode, state, count, accumulator.fix(), accumulator.mean.clone()))
+                        entries.append(
+                            (name, mode, state, extras, count, accumulator.fix(), accumulator.mean.clone())
+                        )
                 if rejected:
                     rejections.append((name, mode, rejected))
 
         needs_vectors = any(STATISTICS[key].needs_vectors for key in self.stats)
-        decompositions = spectra([entry[4] for entry in entries], vectors=needs_vectors)
+        decompositions = spectra([entry[5] for entry in entries], vectors=needs_vectors)
 
         values: dict[str, Any] = {}
         saturations: dict[str, list[float]] = {mode: [] for mode in MODES}
-        for (name, mode, state, count, covariance, mean), spectrum in zip(entries, decompositions):
+        for (name, mode, state, extras, count, covariance, mean), spectrum in zip(entries, decompositions):
             sample = state.sample.rows if state is not None and state.sample is not None else None
             summary = LayerSummary(
                 covariance=covariance,
@@ -476,7 +495,7 @@ class SaturationTracker:
                 threshold=self.sat_threshold,
                 count=count,
                 sample=sample,
-                extras=state.extras if state is not None else {},
+                extras=extras,
             )
             for key in self.stats:
                 statistic = STATISTICS[key]

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from delve import SaturationTracker, TorchCovarianceMatrix
+from delve.activity import MeanAbsoluteActivity
 from delve.distributed import merge_across_ranks
 
 pytestmark = pytest.mark.skipif(
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORLD = 2
-STATS = ["lsat", "idim", "cov", "trc", "dtrc", "det"]
+STATS = ["lsat", "idim", "cov", "trc", "dtrc", "det", "dorm", "erank", "pr"]
 TIMEOUT_S = 150
 
 
@@ -122,9 +123,24 @@ def worker(rank: int, folder: str) -> None:
         out["ddp_values"] = jsonable(tracker.add_saturations())
         out["ddp_weights"] = {k: v.tolist() for k, v in model.state_dict().items()}
         tracker.close()
+
+        # 4. an extra accumulator (mean |x| for `dorm`), one rank without rows.
+        activity = MeanAbsoluteActivity()
+        activity.update(activity_rows(rank))
+        out["activity"] = activity.merged_across_ranks(4).mean_abs().tolist()
+        out["activity_local"] = activity.mean_abs().tolist()
+        empty_on_rank_1 = MeanAbsoluteActivity()
+        if rank == 0:
+            empty_on_rank_1.update(activity_rows(rank))
+        out["activity_one_rank"] = empty_on_rank_1.merged_across_ranks(4).mean_abs().tolist()
         Path(folder, f"result{rank}.json").write_text(json.dumps(out))
     finally:
         dist.destroy_process_group()
+
+
+def activity_rows(rank: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(40 + rank)
+    return torch.randn(5 + 3 * rank, 4, generator=generator, dtype=torch.float64) * (1 + 10 * rank)
 
 
 def run_workers(folder: Path) -> list[dict]:
@@ -240,3 +256,13 @@ def test_merge_is_a_no_op_in_one_process(tmp_path) -> None:
         tracker.close()
     finally:
         dist.destroy_process_group()
+
+
+def test_extra_accumulators_merge_across_ranks(results) -> None:
+    both = torch.cat([activity_rows(rank) for rank in range(WORLD)]).numpy()
+    rank0, rank1 = (np.abs(activity_rows(rank).numpy()).mean(axis=0) for rank in range(WORLD))
+    for result in results:
+        np.testing.assert_allclose(result["activity"], np.abs(both).mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(result["activity_one_rank"], rank0, rtol=1e-12)
+    # the local accumulators are left as they were
+    np.testing.assert_allclose(results[1]["activity_local"], rank1, rtol=1e-12)

@@ -25,10 +25,11 @@ setup(
         "tqdm",
         "tensorboardX",
     ],
+    # requirements/*.txt pin a tested set of the same packages for development and CI.
     extras_require={
         "demo": ["scikit-learn"],
-        "test": ["pytest", "hypothesis", "tensorboard", "scikit-learn", "ruff"],
-        "docs": ["sphinx"],
+        "test": ["pytest", "hypothesis", "tensorboard", "scikit-learn", "scipy", "ruff"],
+        "docs": ["sphinx>=7", "docutils"],
     },
     entry_points={"console_scripts": ["delve=delve.cli:main"]},
     classifiers=[

@@ -28,10 +28,12 @@ import torch
 
 __all__ = ["TorchCovarianceMatrix", "EmptyCovarianceError"]
 
-# Largest centred slice (bytes) merged at once. On a CPU, 4 MiB keeps a slice in
-# cache between its passes and well below the size at which the C allocator
-# maps fresh pages for every call; measured in benchmarks/benchmark.py.
-_SLICE_BYTES = 4 * 2**20
+# Largest centred slice (bytes) merged at once. On a CPU a slice of 8 MiB stays
+# below the size from which the C allocator maps (and the kernel zero-fills)
+# fresh pages at every call, which cost as much as the product itself for the
+# 32 MiB float64 rows of a 64-channel 32x32 convolution at batch 64; 4 to 16 MiB
+# measured alike on 2 threads, 1 MiB and unsliced clearly slower.
+_SLICE_BYTES = 8 * 2**20
 # On accelerators the slice only bounds the transient buffer.
 _DEVICE_SLICE_BYTES = 256 * 2**20
 
@@ -183,9 +185,9 @@ class TorchCovarianceMatrix:
         own memory order, into the buffer the product reads, so no separate
         permute copy is made. Large batches are merged in slices (exactly).
         A batch holding NaN or Inf is not merged; it is counted in
-        :attr:`rejected_batches` instead. (Of a batch merged in slices, the
-        slices holding them are left out; on accelerators each such slice
-        counts as one rejected batch.)
+        :attr:`rejected_batches` instead. (On accelerators, where a batch is
+        sliced only beyond 256 MiB, each slice holding them counts as one
+        rejected batch.)
         """
         if not x.is_floating_point():
             raise ValueError(f"observations must be floating point, got dtype {x.dtype}")
@@ -204,7 +206,17 @@ class TorchCovarianceMatrix:
             x = x.to(self.device, non_blocking=True)
         if x.ndim == 1:
             x = x.unsqueeze(0)
-        if not self._merge_slices(x, _SLICE_BYTES if x.device.type == "cpu" else _DEVICE_SLICE_BYTES):
+        limit = _SLICE_BYTES if x.device.type == "cpu" else _DEVICE_SLICE_BYTES
+        if (
+            self._device_count is None
+            and x.numel() * (torch.finfo(self._product_dtype).bits // 8) > limit
+            and not bool(torch.isfinite(x.sum()))
+        ):
+            # A batch merged in slices is checked whole first: one NaN or Inf
+            # leaves all of it out, as for any other batch.
+            self._rejected += 1
+            return
+        if not self._merge_slices(x, limit):
             self._rejected += 1
 
     def _merge_slices(self, x: torch.Tensor, limit: int) -> bool:

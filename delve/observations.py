@@ -12,6 +12,7 @@ Users extend it with :func:`register_observer`.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,12 +59,17 @@ class ObservationConfig:
         :func:`torch.nn.functional.interpolate` used to shrink large maps.
     interpolation_downsampling : int
         Largest spatial side kept when shrinking.
+    max_positions : int or None
+        ``channelwise`` only: record at most about this many spatial
+        positions per feature map (every ``k``-th position from a random
+        start, ``k = ceil(positions / max_positions)``). ``None`` records all.
     """
 
     conv_method: str = "channelwise"
     timeseries_method: str = "last_timestep"
     interpolation_strategy: str | None = None
     interpolation_downsampling: int = 32
+    max_positions: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("conv_method", self.conv_method, CONV_METHODS)
@@ -74,6 +80,10 @@ class ObservationConfig:
             raise ValueError(
                 f"interpolation_downsampling must be a positive int, got {self.interpolation_downsampling!r}"
             )
+        if self.max_positions is not None and (
+            isinstance(self.max_positions, bool) or not isinstance(self.max_positions, int) or self.max_positions < 1
+        ):
+            raise ValueError(f"max_positions must be None or a positive int, got {self.max_positions!r}")
 
 
 def _check_choice(argument: str, value: object, accepted: tuple[str, ...]) -> None:
@@ -206,6 +216,11 @@ def shrink_feature_map(out: torch.Tensor, strategy: str, largest_side: int) -> t
     return F.interpolate(out, size=size, mode=mode, **align)
 
 
+# Chooses the first recorded position under max_positions; private, so the
+# user's random streams (Python's and torch's) are never advanced.
+_POSITIONS = random.Random(0)
+
+
 def observe_conv(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
     """``(N, C, *spatial)`` rows according to ``config.conv_method``."""
     out = _tensor_output(output)
@@ -218,6 +233,12 @@ def observe_conv(module: nn.Module, output: object, config: ObservationConfig) -
         return out.flatten(1)
     maps = out.flatten(2)  # (N, C, S), a view
     if method == "channelwise":
+        positions = maps.shape[-1]
+        if config.max_positions is not None and positions > config.max_positions:
+            # A strided view, no copy; the random start keeps every position
+            # equally likely to be recorded over many batches.
+            step = -(-positions // config.max_positions)
+            maps = maps[:, :, _POSITIONS.randrange(step) :: step]
         return maps.transpose(1, 2)  # (N, S, C): every position is a sample
     if method == "mean":
         return maps.mean(-1)

@@ -231,7 +231,7 @@ class TorchCovarianceMatrix:
         """
         itemsize = torch.finfo(self._product_dtype).bits // 8
         nbytes = x.numel() * itemsize
-        if nbytes <= limit or x.shape[0] == 1:
+        if nbytes <= limit or (x.shape[0] == 1 and x.ndim == 2):
             return self._merge_slice(x)
         per_index = nbytes // x.shape[0]
         if per_index > limit and x.ndim > 2:

@@ -196,3 +196,13 @@ def test_max_positions_records_a_strided_lattice_of_positions():
 def test_max_positions_is_validated(bad):
     with pytest.raises(ValueError, match="max_positions"):
         SaturationTracker("run", modules=nn.Conv2d(3, 4, 3), nosave=True, max_positions=bad)
+
+
+def test_one_large_feature_map_is_sliced_along_its_positions(monkeypatch):
+    """A batch of one image larger than a slice is split along its positions, still exactly."""
+    monkeypatch.setattr(covariance, "_SLICE_BYTES", 4096)
+    (rows,) = conv_batches(8, 20, 1, 3.0)
+    single = rows[:1]  # (1, 400, 8): one image, 25 kB in float64
+    acc = feed(TorchCovarianceMatrix(), [single])
+    assert acc.count == 400
+    assert rel_error(acc.fix(), reference_cov(as_rows(single))) <= EXACT_BOUND

@@ -33,7 +33,6 @@ setup(
     },
     entry_points={"console_scripts": ["delve=delve.cli:main"]},
     classifiers=[
-        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

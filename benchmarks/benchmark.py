@@ -61,6 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from delve import SaturationTracker, TorchCovarianceMatrix  # noqa: E402
+from delve.io import atomic_write  # noqa: E402
 
 STATS = ["lsat", "idim"]
 MODES = ("exact", "fast")
@@ -676,9 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     text = render(report, args, command.strip(), args.threads)
     print(text)
     if args.output:
-        args.output.write_text(text + "\n")
+        atomic_write(args.output, lambda handle: handle.write(text + "\n"))
     if args.json:
-        args.json.write_text(json.dumps([vars(s) for s in report], indent=1, default=str))
+        dump = json.dumps([vars(s) for s in report], indent=1, default=str)
+        atomic_write(args.json, lambda handle: handle.write(dump))
     return 0
 
 

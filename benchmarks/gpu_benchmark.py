@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import alternate, machine_description, ratio_stats, table
 
 from delve import SaturationTracker
+from delve.io import atomic_write
 
 
 class BasicBlock(nn.Module):
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        args.output.write_text(text + "\n")
+        atomic_write(args.output, lambda handle: handle.write(text + "\n"))
     return 0
 
 

@@ -12,6 +12,17 @@ from typing import IO
 __all__ = ["atomic_write", "atomic_path"]
 
 
+def _default_file_mode() -> int:
+    # mkstemp creates files readable by the owner only; a file written through
+    # it should get the permissions an ordinary open() would give it.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place on success.
@@ -31,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _FILE_MODE)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())

@@ -186,7 +186,8 @@ class SaturationTracker:
         Largest spatial side kept when ``interpolation_strategy`` is set.
     precision : {"float64", "float32"}
         Precision of each batch's Gram product; the running state is always
-        float64. ``"float32"`` is faster at about 1e-7 relative error.
+        float64. ``"float32"`` is faster, at a relative error below 1e-6
+        (6.4e-7 at worst in benchmarks/RESULTS.md).
     embed_size : int
         Rows kept per layer and mode for the ``embed`` statistic.
     write_rank : int or None

@@ -5,21 +5,21 @@ shared eigendecomposition and whatever else was accumulated) into a value. The
 logged name of a value is ``<mode>-<statistic name>_<layer>``, see
 :func:`delve.naming.value_name`.
 
-=========  ==========================  =============================================
-key        logged name                 value
-=========  ==========================  =============================================
-``lsat``   ``saturation``              intrinsic dimensionality / feature size
-``idim``   ``intrinsic-dimensionality`` smallest k explaining ``sat_threshold``
-``cov``    ``covariance-matrix``       the (d, d) covariance (arrays, not in CSV)
-``det``    ``covariance-log-determinant`` natural log of det(Q), see metrics
-``trc``    ``covariance-trace``        sum of the diagonal of Q
-``dtrc``   ``diagonal-trace``          sum of the eigenvalues of Q
-``embed``  ``embedded-sample``         reservoir sample on the top-2 eigenvectors
-``erank``  ``effective-rank``          exp of the entropy of the normalised eigenvalues
-``pr``     ``participation-ratio``     (sum of eigenvalues)^2 / sum of squared eigenvalues
-``alpha``  ``spectral-decay``          power-law decay exponent of the eigenvalues (alpha-ReQ)
-``dorm``   ``dormant-fraction``        share of units with mean |x| <= 0.025 x the layer's mean
-=========  ==========================  =============================================
+=========  ================================  ====================================================
+key        logged name                       value
+=========  ================================  ====================================================
+``lsat``   ``saturation``                    intrinsic dimensionality / feature size
+``idim``   ``intrinsic-dimensionality``      smallest k explaining ``sat_threshold``
+``cov``    ``covariance-matrix``             the (d, d) covariance (arrays, not in CSV)
+``det``    ``covariance-log-determinant``    natural log of det(Q), see metrics
+``trc``    ``covariance-trace``              sum of the diagonal of Q
+``dtrc``   ``diagonal-trace``                sum of the eigenvalues of Q
+``embed``  ``embedded-sample``               reservoir sample on the top-2 eigenvectors
+``erank``  ``effective-rank``                exp of the entropy of the normalised eigenvalues
+``pr``     ``participation-ratio``           (sum of eigenvalues)^2 / sum of squared eigenvalues
+``alpha``  ``spectral-decay``                power-law decay exponent of the eigenvalues (alpha-ReQ)
+``dorm``   ``dormant-fraction``              share of units with mean abs(x) <= 0.025 x the layer's mean
+=========  ================================  ====================================================
 """
 
 from __future__ import annotations

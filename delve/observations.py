@@ -12,6 +12,7 @@ Users extend it with :func:`register_observer`.
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,12 +77,15 @@ class ObservationConfig:
         _check_choice("timeseries_method", self.timeseries_method, TIMESERIES_METHODS)
         if self.interpolation_strategy is not None:
             _check_choice("interpolation_strategy", self.interpolation_strategy, INTERPOLATION_STRATEGIES)
-        if not isinstance(self.interpolation_downsampling, int) or self.interpolation_downsampling < 1:
+        size = self.interpolation_downsampling
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ValueError(
                 f"interpolation_downsampling must be a positive int, got {self.interpolation_downsampling!r}"
             )
         if self.max_positions is not None and (
-            isinstance(self.max_positions, bool) or not isinstance(self.max_positions, int) or self.max_positions < 1
+            isinstance(self.max_positions, bool)
+            or not isinstance(self.max_positions, numbers.Integral)
+            or self.max_positions < 1
         ):
             raise ValueError(f"max_positions must be None or a positive int, got {self.max_positions!r}")
 

@@ -345,3 +345,15 @@ def test_register_observer_rejects_bad_arguments(clean_registry):
 def test_config_rejects_unknown_values_naming_accepted_ones(argument, value, accepted):
     with pytest.raises(ValueError, match=accepted):
         ObservationConfig(**{argument: value})
+
+
+def test_numpy_integer_sizes_are_accepted_and_act_like_ints() -> None:
+    import numpy as np
+
+    out = torch.randn(2, 3, 40, 20)
+    layer = nn.Conv2d(3, 3, 1)
+    as_numpy = ObservationConfig(interpolation_strategy="nearest", interpolation_downsampling=np.int64(10))
+    as_int = ObservationConfig(interpolation_strategy="nearest", interpolation_downsampling=10)
+    got = observe(layer, out, as_numpy, "c")
+    assert got.shape == (2, 50, 3)  # 40x20 shrunk to 10x5, every position a sample
+    torch.testing.assert_close(got, observe(layer, out, as_int, "c"), rtol=0, atol=0)

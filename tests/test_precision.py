@@ -134,15 +134,55 @@ def test_batches_merged_in_slices_match_numpy(monkeypatch, precision, bound):
     assert rel_error(acc.fix(), expected) <= bound
 
 
-def test_a_sliced_batch_with_one_nan_is_left_out_whole(monkeypatch):
+@pytest.mark.parametrize("precision, bound", [("float64", EXACT_BOUND), ("float32", FAST_BOUND)])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_sliced_batch_with_one_nan_is_left_out_whole(monkeypatch, precision, bound, poison):
+    """Earlier slices of a poisoned batch are undone: state, count and mean as before it."""
     monkeypatch.setattr(covariance, "_SLICE_BYTES", 2048)
     good, bad = conv_batches(16, 8, 2, 0.0)
     bad = bad.clone()
-    bad[7, 63, 15] = float("nan")  # in the last slice
-    acc = feed(TorchCovarianceMatrix(), [good, bad])
-    assert acc.count == as_rows(good).shape[0]
+    bad[7, 63, 15] = poison  # in the last slice
+    acc = feed(TorchCovarianceMatrix(precision=precision), [good, bad])
+    rows = as_rows(good)
+    assert acc.count == rows.shape[0]
     assert acc.rejected_batches == 1
+    assert rel_error(acc.fix(), reference_cov(rows)) <= bound
+    mean_bound = 1e-12 if precision == "float64" else 1e-6 * rows.std(axis=0).min()
+    np.testing.assert_allclose(acc.mean.numpy(), rows.mean(axis=0), rtol=0, atol=mean_bound)
+
+
+def test_a_sliced_wide_batch_with_one_nan_is_left_out_whole(monkeypatch):
+    """Fewer rows than features: the batch is checked before any slice is merged."""
+    monkeypatch.setattr(covariance, "_SLICE_BYTES", 2048)
+    good, bad = linear_batches(520, [300, 300], 1.0)
+    bad[299, 5] = float("nan")
+    acc = feed(TorchCovarianceMatrix(), [good, bad])
+    assert (acc.count, acc.rejected_batches) == (300, 1)
     assert rel_error(acc.fix(), reference_cov(as_rows(good))) <= EXACT_BOUND
+
+
+@pytest.mark.parametrize("jump", [1e2, 1e4])
+def test_fast_mode_batch_far_from_the_running_mean_is_centred_on_its_own(jump):
+    """One row, then batches far from it: their float32 product around the
+    running mean (that row) would lose about eps32 * n_b relative (measured
+    3e-4 with the check disabled); centring each on its own mean keeps 5e-8."""
+    first, *rest = conv_batches(24, 16, 3, 0.0)
+    batches = [first[:1, :1]] + [batch + jump for batch in rest]
+    expected = reference_cov(np.concatenate([as_rows(b) for b in batches]))
+    acc = feed(TorchCovarianceMatrix(precision="float32"), batches)
+    assert rel_error(acc.fix(), expected) <= FAST_BOUND
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_constant_channel_has_exactly_zero_covariance(precision):
+    """A channel stuck at one non-zero value (zero variance) in conv-shaped batches."""
+    batches = [b.clone() for b in conv_batches(24, 16, 3, 0.5)]
+    for batch in batches:
+        batch[..., 3] = 7.25
+    fixed = feed(TorchCovarianceMatrix(precision=precision), batches).fix()
+    assert torch.count_nonzero(fixed[3]) == 0 and torch.count_nonzero(fixed[:, 3]) == 0
+    expected = reference_cov(np.concatenate([as_rows(b) for b in batches]))
+    assert rel_error(fixed, expected) <= (EXACT_BOUND if precision == "float64" else FAST_BOUND)
 
 
 @pytest.mark.parametrize("precision, bound", [("float64", EXACT_BOUND), ("float32", FAST_BOUND)])

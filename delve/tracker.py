@@ -187,7 +187,8 @@ class SaturationTracker:
     precision : {"float64", "float32"}
         Precision of each batch's Gram product; the running state is always
         float64. ``"float32"`` is faster, at a relative error below 1e-6
-        (6.4e-7 at worst in benchmarks/RESULTS.md).
+        (6.4e-7 at worst in docs/performance.rst); on a CPU, batches of fewer
+        than ``d / 8`` rows still use float64 products, which cost less there.
     embed_size : int
         Rows kept per layer and mode for the ``embed`` statistic.
     write_rank : int or None

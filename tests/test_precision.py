@@ -161,6 +161,17 @@ def test_a_sliced_wide_batch_with_one_nan_is_left_out_whole(monkeypatch):
     assert rel_error(acc.fix(), reference_cov(as_rows(good))) <= EXACT_BOUND
 
 
+def test_fast_mode_multiplies_few_rows_per_feature_in_float64():
+    """Below d / 8 rows a batch takes the float64 product (cheaper there), so
+    the fast mode is exact for it; from d / 8 rows on float32 rounding shows."""
+    for sizes, exact in (([32, 48, 63], True), ([64, 300], False)):
+        batches = linear_batches(512, sizes, 1.0)
+        expected = reference_cov(np.concatenate([as_rows(b) for b in batches]))
+        error = rel_error(feed(TorchCovarianceMatrix(precision="float32"), batches).fix(), expected)
+        assert (error <= EXACT_BOUND) == exact, (sizes, error)
+        assert error <= FAST_BOUND
+
+
 @pytest.mark.parametrize("jump", [1e2, 1e4])
 def test_fast_mode_batch_far_from_the_running_mean_is_centred_on_its_own(jump):
     """One row, then batches far from it: their float32 product around the

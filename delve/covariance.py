@@ -80,6 +80,33 @@ def _feature_blocks(d: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, d)) for start in range(0, d, step)]
 
 
+def _product_buffer(
+    x: torch.Tensor, dtype: torch.dtype, extra_samples: int = 0, ones_row: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A buffer for the rows of ``x`` as the ``(features, samples)`` operand of a Gram product.
+
+    Returns ``(samples, rows)``: ``samples`` is the ``(ones_row + d, n +
+    extra_samples)`` view the product reads, ``rows`` the view of its first
+    ``n`` samples shaped like ``x``, for the caller to fill. The storage takes
+    the layout in which ``x`` is read in order (feature-major for the
+    channelwise view of a convolution output), so filling it transposes
+    nothing. With ``ones_row`` the first feature row of the ``n`` samples is
+    set to ones, so the product also yields the batch sum.
+    """
+    d = x.shape[-1]
+    n = x.numel() // d
+    first = int(ones_row)
+    if x.ndim > 1 and x.stride(-1) != 1:
+        samples = torch.empty(first + d, n + extra_samples, dtype=dtype, device=x.device)
+        rows = samples[first:, :n].view(d, *x.shape[:-1]).movedim(0, -1)
+    else:
+        samples = torch.empty(n + extra_samples, first + d, dtype=dtype, device=x.device).t()
+        rows = samples[first:, :n].t().view(x.shape)
+    if ones_row:
+        samples[0, :n].fill_(1.0)
+    return samples, rows
+
+
 class TorchCovarianceMatrix:
     """Running mean and covariance of ``(n, d)`` observation batches.
 
@@ -248,9 +275,7 @@ class TorchCovarianceMatrix:
                 return
         if not self._merge_slices(x, limit):
             if snapshot is not None:
-                self._count = snapshot[0]
-                self._mean.copy_(snapshot[1])  # type: ignore[union-attr]
-                self._comoment.copy_(snapshot[2])  # type: ignore[union-attr]
+                self._count, self._mean, self._comoment = snapshot
             self._rejected += 1
 
     def _merge_slices(self, x: torch.Tensor, limit: int) -> bool:
@@ -282,11 +307,10 @@ class TorchCovarianceMatrix:
 
         Returns ``(samples, batch_mean, residual)``. ``samples`` is a
         ``(d, n + extra)`` view: the ``n`` centred rows of ``x`` as columns,
-        then ``extra`` columns left for the caller. Its storage takes the
-        layout in which ``copy_`` reads ``x`` in order (feature-major for the
-        channelwise view of a convolution output), so nothing is transposed.
-        ``copy_`` is also the fast dtype conversion here: mixed-dtype
-        arithmetic is several times slower on a CPU.
+        then ``extra`` columns left for the caller (see
+        :func:`_product_buffer` for its layout). ``copy_`` is also the fast
+        dtype conversion here: mixed-dtype arithmetic is several times slower
+        on a CPU.
 
         In a product precision below the accumulator's, the mean left over
         in the centred rows is measured; it is subtracted again when that is
@@ -301,14 +325,8 @@ class TorchCovarianceMatrix:
             # centring would lose what a large mean leaves of the spread.
             shift = x.mean(dim=tuple(range(x.ndim - 1)), dtype=torch.float64)
             x = x - shift
-        if x.ndim > 1 and x.stride(-1) != 1:
-            buffer = torch.empty(d, n + extra, dtype=dtype, device=x.device)
-            buffer[:, :n].view(d, *x.shape[:-1]).copy_(x.movedim(-1, 0))
-            samples = buffer
-        else:
-            buffer = torch.empty(n + extra, d, dtype=dtype, device=x.device)
-            buffer[:n].view(x.shape).copy_(x)
-            samples = buffer.t()
+        samples, rows = _product_buffer(x, dtype, extra_samples=extra)
+        rows.copy_(x)
         data = samples[:, :n]
         batch_mean = data.sum(1, keepdim=True).div_(n)
         data.sub_(batch_mean)
@@ -390,17 +408,7 @@ class TorchCovarianceMatrix:
         d = x.shape[-1]
         n_b = x.numel() // d
         shift = mean.to(dtype)
-        # The buffer takes the layout in which x is read in order, as in _centre.
-        if x.ndim > 1 and x.stride(-1) != 1:
-            buffer = torch.empty(d + 1, n_b, dtype=dtype, device=x.device)
-            buffer[0].fill_(1.0)
-            rows = buffer[1:].view(d, *x.shape[:-1]).movedim(0, -1)
-            samples = buffer
-        else:
-            buffer = torch.empty(n_b, d + 1, dtype=dtype, device=x.device)
-            buffer[:, 0].fill_(1.0)
-            rows = buffer[:, 1:].view(x.shape)
-            samples = buffer.t()
+        samples, rows = _product_buffer(x, dtype, ones_row=True)
         if x.dtype == dtype:
             torch.sub(x, shift, out=rows)
         else:

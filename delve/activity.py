@@ -34,8 +34,8 @@ class MeanAbsoluteActivity:
 
     ``update`` launches a handful of kernels and never reads a value back from
     the device: the row count of an accepted batch is added on the device. A
-    batch holding NaN or Inf is skipped, as the covariance skips it, so both
-    describe the same rows.
+    batch is skipped when ``accepted`` (the covariance's verdict on the same
+    rows) says so, or, without a verdict, when it holds NaN or Inf.
 
     Examples
     --------
@@ -55,9 +55,13 @@ class MeanAbsoluteActivity:
         self._count: torch.Tensor | None = None
 
     @torch.no_grad()
-    def update(self, rows: torch.Tensor) -> None:
-        """Merge a batch of rows, shape ``(..., d)``; leading dimensions are samples."""
-        if rows.ndim == 0 or rows.numel() == 0:
+    def update(self, rows: torch.Tensor, accepted: bool | torch.Tensor | None = None) -> None:
+        """Merge a batch of rows, shape ``(..., d)``; leading dimensions are samples.
+
+        ``accepted``: merge the batch at all (a bool, or a 0-d bool tensor on
+        the rows' device); ``None`` decides from the rows themselves.
+        """
+        if rows.ndim == 0 or rows.numel() == 0 or accepted is False:
             return
         leading = tuple(range(rows.ndim - 1))
         # One kernel: the 1-norm over the sample dimensions, accumulated in
@@ -75,9 +79,13 @@ class MeanAbsoluteActivity:
             raise ValueError(
                 f"feature size changed from {self._sum.shape[0]} to {batch_sum.shape[0]}; reset() first"
             )
-        finite = torch.isfinite(batch_sum).all()
-        self._sum.add_(torch.where(finite, batch_sum, 0.0))
-        self._count.add_(finite.to(torch.int64) * n)  # type: ignore[union-attr]
+        if accepted is True:
+            self._sum.add_(batch_sum)
+            self._count.add_(n)  # type: ignore[union-attr]
+            return
+        keep = torch.isfinite(batch_sum).all() if accepted is None else accepted
+        self._sum.add_(torch.where(keep, batch_sum, 0.0))
+        self._count.add_(keep.to(torch.int64) * n)  # type: ignore[union-attr]
 
     @property
     def count(self) -> int:

@@ -34,11 +34,12 @@ detected from the same product and the batch is then centred on its own mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["TorchCovarianceMatrix", "EmptyCovarianceError"]
+__all__ = ["TorchCovarianceMatrix", "EmptyCovarianceError", "all_finite", "to_device"]
 
 # Largest centred slice (bytes) merged at once. On a CPU a slice of 8 MiB stays
 # below the size from which the C allocator maps (and the kernel zero-fills)
@@ -61,6 +62,43 @@ _MIN_FAST_ROWS_FRACTION = 8
 # rounding error of the uncentred product grows by at most 1 + 2**2 = 5
 # (0.7 digits). Further out, the batch is centred on its own mean instead.
 _MAX_OFFSET_TO_STD = 2.0
+
+def _decides_on_device(device: torch.device) -> bool:
+    """Whether batches on ``device`` are merged without reading decisions back to the host.
+
+    On a CPU a value read back costs nothing; on an accelerator it would stall
+    the stream at every forward pass. (Tests force the accelerator route on a
+    CPU by replacing this function.)
+    """
+    return device.type != "cpu"
+
+
+def all_finite(x: torch.Tensor) -> torch.Tensor:
+    """Whether every value of ``x`` is finite, as a 0-d bool tensor, in one pass.
+
+    A sum would overflow: float16 saturates at 65504, so the sum of a large
+    finite half-precision batch is Inf. The extremes cannot overflow, and NaN
+    propagates into them.
+
+    Examples
+    --------
+    >>> bool(all_finite(torch.full((4096,), 60000.0, dtype=torch.float16)))
+    True
+    >>> bool(all_finite(torch.tensor([1.0, float("nan")])))
+    False
+    """
+    low, high = torch.aminmax(x)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; asynchronous only where that is safe.
+
+    A copy from an accelerator into ordinary host memory that does not wait
+    could be read before it has landed, so copies to the CPU block.
+    """
+    return x.to(device, non_blocking=device.type != "cpu")
+
 
 class EmptyCovarianceError(RuntimeError):
     """Raised when a covariance is requested before any observation was merged."""
@@ -192,7 +230,7 @@ class TorchCovarianceMatrix:
         self._mean = torch.zeros(d, dtype=self.dtype, device=self.device)
         self._comoment = torch.zeros(d, d, dtype=self.dtype, device=self.device)
         self._blocks = _feature_blocks(d)
-        if self.device.type != "cpu":
+        if _decides_on_device(self.device):
             self._device_count = torch.zeros((), dtype=torch.int64, device=self.device)
             self._device_rejected = torch.zeros((), dtype=torch.int64, device=self.device)
 
@@ -231,24 +269,30 @@ class TorchCovarianceMatrix:
         self.update_rows(x)
 
     @torch.no_grad()
-    def update_rows(self, x: torch.Tensor) -> None:
+    def update_rows(self, x: torch.Tensor) -> bool | torch.Tensor:
         """Merge a batch whose leading dimensions are all samples.
 
         ``x`` has shape ``(..., d)``. A strided view (for example the
         ``(N, H*W, C)`` view of a convolution output) is copied once, in its
         own memory order, into the buffer the product reads, so no separate
         permute copy is made. Large batches are merged in slices (exactly).
-        A batch holding NaN or Inf is not merged; it is counted in
-        :attr:`rejected_batches` instead. (On accelerators, where a batch is
-        sliced only beyond 256 MiB, each slice holding them counts as one
-        rejected batch.)
+        A batch holding NaN or Inf is not merged, whole, on every route; it is
+        counted in :attr:`rejected_batches` instead.
+
+        Returns
+        -------
+        bool or torch.Tensor
+            Whether the batch was merged: a Python bool on a CPU, a 0-d bool
+            tensor on accelerators (reading it would synchronise the host).
+            Other accumulators fed with the same rows follow this verdict, so
+            every statistic rests on the same rows.
         """
         if not x.is_floating_point():
             raise ValueError(f"observations must be floating point, got dtype {x.dtype}")
         d = x.shape[-1] if x.ndim else 0
         n = x.numel() // d if d else 0
         if n == 0:
-            return
+            return True
         if self._mean is None:
             self._allocate(d, x.device)
         elif d != self._mean.shape[0]:
@@ -257,48 +301,77 @@ class TorchCovarianceMatrix:
                 "reset() the accumulator before feeding a different layer width"
             )
         if x.device != self.device:
-            x = x.to(self.device, non_blocking=True)
+            x = to_device(x, self.device)  # type: ignore[arg-type]
         if x.ndim == 1:
             x = x.unsqueeze(0)
-        limit = _SLICE_BYTES if x.device.type == "cpu" else _DEVICE_SLICE_BYTES
+        on_device = self._device_count is not None
+        limit = _DEVICE_SLICE_BYTES if on_device else _SLICE_BYTES
         sliced = x.numel() * (torch.finfo(self._product_dtype).bits // 8) > limit
+        if on_device:
+            return self._update_on_device(x, limit if sliced else None)
         snapshot = None
-        if sliced and self._device_count is None:
-            # One NaN or Inf leaves the whole batch out, as for any other
-            # batch, also when it is merged in slices: the state is restored
-            # if a slice is rejected. Where the state is larger than the batch,
-            # checking the batch first is the cheaper pass.
+        if sliced:
+            # One NaN or Inf leaves the whole batch out, also when it is
+            # merged in slices: the state is restored if a slice is rejected.
+            # Where the state is larger than the batch, checking the batch
+            # first is the cheaper pass.
             if n >= d:
                 snapshot = (self._count, self._mean.clone(), self._comoment.clone())  # type: ignore[union-attr]
-            elif not bool(torch.isfinite(x.sum())):
+            elif not bool(all_finite(x)):
                 self._rejected += 1
-                return
-        if not self._merge_slices(x, limit):
-            if snapshot is not None:
-                self._count, self._mean, self._comoment = snapshot
-            self._rejected += 1
+                return False
+        if self._merge_slices(x, limit):
+            return True
+        if snapshot is not None:
+            self._count, self._mean, self._comoment = snapshot
+        self._rejected += 1
+        return False
+
+    def _update_on_device(self, x: torch.Tensor, limit: int | None) -> torch.Tensor:
+        """The accelerator route: every decision stays on the device, no host synchronisation.
+
+        An unsliced batch is judged from its upcast copy (:meth:`_merge_on_device`).
+        A sliced batch (``limit`` bytes per slice) is judged whole before the
+        first slice is merged, by one overflow-free pass over it, so its
+        clean slices are not kept when another slice holds NaN or Inf.
+        """
+        if limit is None:
+            finite = self._merge_on_device(x)
+        else:
+            finite = all_finite(x)
+            for part in self._slices(x, limit):
+                self._merge_on_device(part, finite)
+        self._device_rejected.add_((~finite).to(torch.int64))  # type: ignore[union-attr]
+        return finite
 
     def _merge_slices(self, x: torch.Tensor, limit: int) -> bool:
-        """Merge ``x`` in slices along its first dimension of about ``limit`` bytes.
+        """Merge ``x`` in slices of about ``limit`` bytes; ``False`` once a slice held NaN or Inf.
 
         Merging a batch in parts is exact: the pairwise update does not care
         how rows are grouped. On a CPU a slice stays in cache through the
         passes that copy, centre and multiply it, and its buffer is recycled
         by the allocator instead of being freshly mapped (and page-faulted)
-        by the operating system at every call. Returns ``False`` if a slice
-        held NaN or Inf and was left out.
+        by the operating system at every call.
         """
+        return all(self._merge_slice(part) for part in self._slices(x, limit))
+
+    def _slices(self, x: torch.Tensor, limit: int) -> Iterator[torch.Tensor]:
+        """Views of ``x`` along its leading dimensions of about ``limit`` bytes each."""
         nbytes = x.numel() * (torch.finfo(self._product_dtype).bits // 8)
         if nbytes <= limit or (x.shape[0] == 1 and x.ndim == 2):
-            return self._merge_slice(x)
+            yield x
+            return
         per_index = nbytes // x.shape[0]
         if per_index > limit and x.ndim > 2:
-            return all(self._merge_slices(x[index], limit) for index in range(x.shape[0]))
+            for index in range(x.shape[0]):
+                yield from self._slices(x[index], limit)
+            return
         # Equal slices: a small remainder slice would cost a product's fixed
         # overhead for few rows.
         step = max(limit // per_index, 1 if x.ndim > 2 else 256)
         step = -(-x.shape[0] // -(-x.shape[0] // step))
-        return all(self._merge_slice(x[start : start + step]) for start in range(0, x.shape[0], step))
+        for start in range(0, x.shape[0], step):
+            yield x[start : start + step]
 
     def _centre(
         self, x: torch.Tensor, extra: int, dtype: torch.dtype
@@ -348,9 +421,6 @@ class TorchCovarianceMatrix:
         return samples, batch_mean, residual
 
     def _merge_slice(self, x: torch.Tensor) -> bool:
-        if self._device_count is not None:
-            self._merge_on_device(x)
-            return True
         # CPU kernels run eagerly: reading the finite flag costs no device
         # synchronisation and lets the product accumulate in place.
         mean, comoment = self._mean, self._comoment
@@ -441,16 +511,20 @@ class TorchCovarianceMatrix:
         self._count = n
         return True
 
-    def _merge_on_device(self, x: torch.Tensor) -> None:
-        """The update with every decision left on the device: no host synchronisation."""
-        mean, comoment = self._mean, self._comoment
-        count, rejected = self._device_count, self._device_rejected
-        assert mean is not None and comoment is not None
-        assert count is not None and rejected is not None
+    def _merge_on_device(self, x: torch.Tensor, verdict: torch.Tensor | None = None) -> torch.Tensor:
+        """Merge one slice without reading anything back; returns whether it was merged.
+
+        A rejected batch is zeroed, so the product adds nothing for it.
+        ``verdict`` is the decision already taken for the whole batch, when
+        ``x`` is one of its slices; otherwise the slice's upcast copy decides.
+        """
+        mean, comoment, count = self._mean, self._comoment, self._device_count
+        assert mean is not None and comoment is not None and count is not None
         n_b = x.numel() // x.shape[-1]
         samples, batch_mean, residual = self._centre(x, extra=1, dtype=self._product_dtype)
         finite = torch.isfinite(batch_mean).all()
-        # A rejected batch is zeroed, so the product adds nothing for it.
+        if verdict is not None:
+            finite = finite & verdict
         samples.masked_fill_(~finite, 0.0)
         if residual is not None:
             residual.masked_fill_(~finite, 0.0)
@@ -463,7 +537,7 @@ class TorchCovarianceMatrix:
         self._add_gram(samples, comoment, residual, n_b)
         mean.add_(delta * (accepted.to(mean.dtype) / total))
         count.copy_(new_count)
-        rejected.add_((~finite).to(torch.int64))
+        return finite
 
     def _add_gram(self, samples: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None, n: int) -> None:
         """``out += S S^T - residual residual^T / n`` on the upper block triangle only.

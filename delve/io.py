@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 __all__ = ["atomic_write", "atomic_path"]
-
-
-def _default_file_mode() -> int:
-    # mkstemp creates files readable by the owner only; a file written through
-    # it should get the permissions an ordinary open() would give it.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _default_file_mode()
 
 
 @contextmanager
@@ -38,11 +27,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(target)
     try:
-        os.chmod(tmp, _FILE_MODE)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -50,6 +36,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(target: Path) -> Path:
+    """Create an empty, uniquely named file beside ``target``.
+
+    Created with mode 0o666 so the process umask applies by itself, as for a
+    plain ``open()`` (``mkstemp`` would make it owner-only, and reading the
+    umask means setting it, a race with other threads).
+    """
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {target}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> None:

@@ -13,9 +13,8 @@ Users extend it with :func:`register_observer`.
 from __future__ import annotations
 
 import numbers
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +63,10 @@ class ObservationConfig:
         ``channelwise`` only: record at most about this many spatial
         positions per feature map (every ``k``-th position from a random
         start, ``k = ceil(positions / max_positions)``). ``None`` records all.
+    generator : torch.Generator or None
+        A CPU generator that draws the random start under ``max_positions``
+        (the tracker owns one and saves it in its ``state_dict``, so a
+        restored run draws the same positions); ``None`` starts at position 0.
     """
 
     conv_method: str = "channelwise"
@@ -71,6 +74,7 @@ class ObservationConfig:
     interpolation_strategy: str | None = None
     interpolation_downsampling: int = 32
     max_positions: int | None = None
+    generator: torch.Generator | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_choice("conv_method", self.conv_method, CONV_METHODS)
@@ -109,7 +113,9 @@ class ObserverEntry:
 _REGISTRY: dict[type, ObserverEntry] = {}
 
 
-def register_observer(module_type: type[nn.Module], observer: Observer, kind: str = "custom") -> None:
+def register_observer(
+    module_type: type[nn.Module], observer: Observer, kind: str = "custom", replace: bool = False
+) -> None:
     """Teach delve how to read the output of ``module_type`` (and its subclasses).
 
     Parameters
@@ -123,6 +129,10 @@ def register_observer(module_type: type[nn.Module], observer: Observer, kind: st
         :class:`ObservationConfig`.
     kind : str
         A label; ``"conv"`` layers are dropped by ``include_conv=False``.
+    replace : bool
+        Allow replacing the observer already registered for exactly this type
+        (built-ins included); without it such a duplicate raises. Subclasses
+        of a registered type may always get their own observer.
 
     Examples
     --------
@@ -136,6 +146,10 @@ def register_observer(module_type: type[nn.Module], observer: Observer, kind: st
         raise ValueError(f"module_type must be an nn.Module subclass, got {module_type!r}")
     if not callable(observer):
         raise ValueError("observer must be callable as observer(module, output, config)")
+    if module_type in _REGISTRY and not replace:
+        raise ValueError(
+            f"an observer is already registered for {module_type.__name__}; pass replace=True to replace it"
+        )
     _REGISTRY[module_type] = ObserverEntry(observer, kind)
 
 
@@ -220,11 +234,6 @@ def shrink_feature_map(out: torch.Tensor, strategy: str, largest_side: int) -> t
     return F.interpolate(out, size=size, mode=mode, **align)
 
 
-# Chooses the first recorded position under max_positions; private, so the
-# user's random streams (Python's and torch's) are never advanced.
-_POSITIONS = random.Random(0)
-
-
 def observe_conv(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
     """``(N, C, *spatial)`` rows according to ``config.conv_method``."""
     out = _tensor_output(output)
@@ -242,13 +251,20 @@ def observe_conv(module: nn.Module, output: object, config: ObservationConfig) -
             # A strided view, no copy; the random start keeps every position
             # equally likely to be recorded over many batches.
             step = -(-positions // config.max_positions)
-            maps = maps[:, :, _POSITIONS.randrange(step) :: step]
+            maps = maps[:, :, _first_position(step, config.generator) :: step]
         return maps.transpose(1, 2)  # (N, S, C): every position is a sample
     if method == "mean":
         return maps.mean(-1)
     if method == "max":
         return maps.amax(-1)
     return maps.median(-1).values
+
+
+def _first_position(step: int, generator: torch.Generator | None) -> int:
+    """A uniform start in ``range(step)``, drawn on the CPU (no device synchronisation)."""
+    if generator is None:
+        return 0
+    return int(torch.randint(step, (), generator=generator))
 
 
 # ----------------------------------------------------------------------- recurrent

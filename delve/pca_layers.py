@@ -57,6 +57,7 @@ from torch import nn
 from .covariance import TorchCovarianceMatrix
 from .metrics import intrinsic_dimensionality, spectrum
 from .naming import layer_name
+from .observations import shrink_feature_map
 
 __all__ = [
     "LinearPCALayer",
@@ -439,9 +440,10 @@ class Conv2DPCALayer(LinearPCALayer):
         As in :class:`LinearPCALayer`; 0.1.x's default for convolutions was
         uncentred.
     downsampling : int, optional
-        Feature maps with a side longer than this are shrunk (nearest) to
-        ``downsampling x downsampling`` before their covariance is accumulated;
-        the projection always acts on the full map.
+        Feature maps with a side longer than this are shrunk (nearest, aspect
+        ratio kept, as the tracker's ``interpolation_downsampling`` does)
+        before their covariance is accumulated; the projection always acts on
+        the full map.
 
     Examples
     --------
@@ -484,8 +486,9 @@ class Conv2DPCALayer(LinearPCALayer):
         super()._check_input(x)
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        if self.downsampling is not None and max(x.shape[-2:]) > self.downsampling:
-            x = F.interpolate(x, size=(self.downsampling, self.downsampling), mode="nearest")
+        if self.downsampling is not None:
+            # As the tracker shrinks feature maps: longest side, aspect ratio kept.
+            x = shrink_feature_map(x, "nearest", self.downsampling)
         # A channels-last view; the covariance update gathers it in one pass.
         return x.permute(0, 2, 3, 1)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .covariance import TorchCovarianceMatrix
+from .covariance import TorchCovarianceMatrix, to_device
 from .observations import ObservationConfig, observe
 from .sampling import ReservoirSample
 from .statistics import FeatureAccumulator
@@ -78,14 +78,7 @@ class LayerRecorder:
         """The mode's state, created on first use."""
         state = self.modes.get(mode)
         if state is None:
-            settings = self.settings
-            sample = ReservoirSample(settings.sample_size) if settings.sample_size else None
-            state = ModeState(
-                TorchCovarianceMatrix(device=settings.device, precision=settings.precision),
-                sample,
-                extras={key: factory() for key, factory in settings.extra_accumulators},
-            )
-            self.modes[mode] = state
+            state = self.modes[mode] = self._fresh_state()
         return state
 
     @torch.no_grad()
@@ -104,13 +97,16 @@ class LayerRecorder:
                 if budget <= 0:
                     return False
             rows = observe(module, output, settings.observation, self.name).detach()
+            if settings.device is not None and rows.device != settings.device:
+                # Every accumulator of the layer lives on the configured device.
+                rows = to_device(rows, settings.device)
             d = rows.shape[-1]
             n = rows.numel() // d if d else 0
             if budget is not None and n > budget:
                 rows = rows.reshape(-1, d)[:budget]
                 n = budget
             state.rows_offered += n
-            if torch.is_autocast_enabled(rows.device.type):
+            if _autocast_enabled(rows.device.type):
                 # Autocast would run the Gram product in half precision.
                 with torch.autocast(rows.device.type, enabled=False):
                     self._accumulate(state, rows)
@@ -119,17 +115,76 @@ class LayerRecorder:
             return True
 
     def _accumulate(self, state: ModeState, rows: torch.Tensor) -> None:
-        state.covariance.update_rows(rows)
+        # The covariance judges the batch (NaN or Inf anywhere: left out
+        # whole); every other accumulator follows its verdict, so all the
+        # statistics of a layer rest on the same rows.
+        accepted = state.covariance.update_rows(rows)
         if state.sample is not None:
-            state.sample.add(rows.reshape(-1, rows.shape[-1]))
+            state.sample.add(rows, accepted)
         for accumulator in state.extras.values():
-            accumulator.update(rows)
+            accumulator.update(rows, accepted)
 
     def reset(self) -> None:
         """Forget everything recorded since the last reset, in every mode."""
         with self.lock:
             for state in self.modes.values():
                 state.reset()
+
+    def take(self, reset: bool) -> dict[str, ModeState]:
+        """Every mode's state as one consistent snapshot, taken under the lock.
+
+        With ``reset`` the state is moved out and empty accumulators take its
+        place in the same step, so a batch recorded by another thread meanwhile
+        lands in exactly one epoch; without it the state is copied and keeps
+        accumulating. Either way nothing read later can change under the
+        reader: the covariance, the sample and the extras describe the same
+        rows.
+        """
+        with self.lock:
+            taken = self.modes
+            if reset:
+                self.modes = {mode: self._fresh_state(previous=state) for mode, state in taken.items()}
+                return taken
+            return {mode: self._copy_state(state) for mode, state in taken.items()}
+
+    def give_back(self, taken: dict[str, ModeState]) -> None:
+        """Undo :meth:`take` with ``reset`` (the computation failed): merge what came meanwhile."""
+        with self.lock:
+            for mode, state in taken.items():
+                newer = self.modes.get(mode)
+                if newer is not None:
+                    state.covariance.merge(newer.covariance)
+                    if state.sample is not None and newer.sample is not None:
+                        state.sample.merge(newer.sample)
+                    for key, accumulator in state.extras.items():
+                        accumulator.merge(newer.extras[key])
+                    state.forward_calls += newer.forward_calls
+                    state.rows_offered += newer.rows_offered
+                self.modes[mode] = state
+
+    def _fresh_state(self, previous: ModeState | None = None) -> ModeState:
+        settings = self.settings
+        sample = None
+        if settings.sample_size:
+            sample = ReservoirSample(settings.sample_size)
+            if previous is not None and previous.sample is not None:
+                # The key stream continues across epochs instead of restarting.
+                sample.share_generators(previous.sample)
+        return ModeState(
+            TorchCovarianceMatrix(device=settings.device, precision=settings.precision),
+            sample,
+            extras={key: factory() for key, factory in settings.extra_accumulators},
+        )
+
+    def _copy_state(self, state: ModeState) -> ModeState:
+        copy = self._fresh_state()
+        copy.covariance.load_state_dict(state.covariance.state_dict())
+        if state.sample is not None and copy.sample is not None:
+            copy.sample.load_state_dict(state.sample.state_dict())
+        for key, accumulator in state.extras.items():
+            copy.extras[key].load_state_dict(accumulator.state_dict())
+        copy.forward_calls, copy.rows_offered = state.forward_calls, state.rows_offered
+        return copy
 
     def state_dict(self) -> dict:
         """Accumulators and counters, tensors and plain Python values only."""
@@ -159,3 +214,11 @@ class LayerRecorder:
                 for key, extra_state in saved.get("extras", {}).items():
                     if key in state.extras:
                         state.extras[key].load_state_dict(extra_state)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``; ``False`` for types autocast does not know."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False

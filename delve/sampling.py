@@ -9,6 +9,7 @@ private generator, so tracking never changes the user's random stream.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,8 +51,13 @@ class ReservoirSample:
 
     @property
     def rows(self) -> torch.Tensor | None:
-        """The kept rows (float64), or ``None`` before any was added."""
-        return self._rows
+        """The kept rows (float64), or ``None`` before any was added.
+
+        Rows of rejected batches (infinite keys) are left out.
+        """
+        if self._rows is None:
+            return None
+        return self._rows[torch.isfinite(self._keys)]  # type: ignore[arg-type]
 
     def _generator(self, device: torch.device) -> torch.Generator:
         generator = self._generators.get(device)
@@ -62,16 +68,25 @@ class ReservoirSample:
         return generator
 
     @torch.no_grad()
-    def add(self, rows: torch.Tensor) -> None:
-        """Offer ``(n, d)`` rows to the sample."""
-        n = rows.shape[0]
-        if n == 0:
+    def add(self, rows: torch.Tensor, accepted: bool | torch.Tensor = True) -> None:
+        """Offer ``(..., d)`` rows to the sample; leading dimensions are samples.
+
+        Only the rows kept are gathered from ``rows`` (a strided view is not
+        copied whole). ``accepted`` is the verdict on the batch: ``False``
+        offers nothing; a 0-d bool tensor (accelerators) gives a rejected
+        batch's rows infinite keys, so they are never part of :attr:`rows`.
+        """
+        if accepted is False or rows.numel() == 0:
             return
+        d = rows.shape[-1]
+        n = rows.numel() // d
         keys = torch.rand(n, generator=self._generator(rows.device), device=rows.device, dtype=torch.float64)
+        if isinstance(accepted, torch.Tensor):
+            keys.masked_fill_(~accepted, math.inf)
+        index = None
         if n > self.size:
             keys, index = torch.topk(keys, self.size, largest=False)
-            rows = rows[index]
-        rows = rows.to(torch.float64)
+        rows = _gather(rows, index).to(torch.float64)
         if self._rows is not None:
             keys = torch.cat([self._keys, keys])  # type: ignore[list-item]
             rows = torch.cat([self._rows, rows])
@@ -79,6 +94,32 @@ class ReservoirSample:
                 keys, index = torch.topk(keys, self.size, largest=False)
                 rows = rows[index]
         self._keys, self._rows = keys, rows
+
+    def merge(self, other: ReservoirSample) -> ReservoirSample:
+        """Add another sample's rows, in place: the union's smallest keys, as one sample of both streams.
+
+        Examples
+        --------
+        >>> a, b = ReservoirSample(size=4), ReservoirSample(size=4, seed=1)
+        >>> a.add(torch.zeros(3, 2)); b.add(torch.ones(3, 2))
+        >>> a.merge(b).rows.shape
+        torch.Size([4, 2])
+        """
+        if other._rows is None:
+            return self
+        keys, rows = other._keys, other._rows
+        if self._rows is not None:
+            keys = torch.cat([self._keys, keys.to(self._keys.device)])  # type: ignore[union-attr,arg-type]
+            rows = torch.cat([self._rows, rows.to(self._rows.device)])
+        if keys.shape[0] > self.size:  # type: ignore[union-attr]
+            keys, index = torch.topk(keys, self.size, largest=False)  # type: ignore[arg-type]
+            rows = rows[index]
+        self._keys, self._rows = keys, rows
+        return self
+
+    def share_generators(self, other: ReservoirSample) -> None:
+        """Draw keys from ``other``'s generators from now on (a fresh epoch continues its stream)."""
+        self._generators = other._generators
 
     def state_dict(self) -> dict[str, Any]:
         """Kept keys and rows and the generators' states, tensors only.
@@ -111,3 +152,13 @@ class ReservoirSample:
         if "rows" in state:
             self._keys = state["keys"].clone()
             self._rows = state["rows"].clone()
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``(..., d)`` ``rows`` at flat sample positions ``index`` (all when ``None``), as ``(m, d)``."""
+    d = rows.shape[-1]
+    if index is None:
+        return rows.reshape(-1, d)
+    if rows.ndim == 2:
+        return rows[index]
+    return rows[torch.unravel_index(index, rows.shape[:-1])]

@@ -50,16 +50,23 @@ class FeatureAccumulator(Protocol):
 
     One instance is made per layer and mode; ``update`` receives the same
     ``(..., d)`` observation rows as the covariance, on the hot path, so it
-    must not synchronise with the device.
+    must not synchronise with the device. ``accepted`` is the covariance's
+    verdict on the batch (``False`` when it held NaN or Inf): a Python bool on
+    a CPU, a 0-d bool tensor on accelerators. Honour it, so that every
+    statistic of a layer rests on the same rows.
     """
 
-    def update(self, rows: torch.Tensor) -> None: ...
+    def update(self, rows: torch.Tensor, accepted: bool | torch.Tensor) -> None: ...
 
     def reset(self) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def merge(self, other: Any) -> Any:
+        """Add another instance's rows, in place (used to put an epoch back when computing it failed)."""
+        ...
 
 
 @dataclass
@@ -141,8 +148,21 @@ def _dormant(summary: LayerSummary) -> float:
 STATISTICS: dict[str, Statistic] = {}
 
 
-def register_statistic(statistic: Statistic) -> Statistic:
+def register_statistic(statistic: Statistic, replace: bool = False) -> Statistic:
     """Make a statistic available under its key in ``stats=[...]``.
+
+    Parameters
+    ----------
+    statistic : Statistic
+        The record; its ``name`` may not contain ``_``.
+    replace : bool
+        Allow replacing a statistic already registered under the same key
+        (built-ins included); without it a duplicate key raises.
+
+    Raises
+    ------
+    ValueError
+        If the key is taken and ``replace`` is false, or the name holds ``_``.
 
     Examples
     --------
@@ -155,6 +175,11 @@ def register_statistic(statistic: Statistic) -> Statistic:
     """
     if "_" in statistic.name:
         raise ValueError(f"statistic names may not contain '_': {statistic.name!r}")
+    if statistic.key in STATISTICS and not replace:
+        raise ValueError(
+            f"a statistic is already registered under the key {statistic.key!r} "
+            f"({STATISTICS[statistic.key].name!r}); pass replace=True to replace it"
+        )
     STATISTICS[statistic.key] = statistic
     return statistic
 

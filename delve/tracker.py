@@ -326,6 +326,8 @@ class SaturationTracker:
             interpolation_strategy=interpolation_strategy,
             interpolation_downsampling=interpolation_downsampling,
             max_positions=max_positions,
+            # The tracker's own stream: independent of the user's, saved with the state.
+            generator=torch.Generator().manual_seed(0) if max_positions is not None else None,
         )
         save_to_entries = check_save_to(save_to)
         self.layers: list[TrackedLayer] = discover_layers(
@@ -420,21 +422,21 @@ class SaturationTracker:
         return self._recording
 
     # ----------------------------------------------------------- computation
-    def _gather(self) -> dict[tuple[str, str], tuple[TorchCovarianceMatrix | None, Any, dict[str, Any]]]:
-        """Every layer's and mode's accumulator, merged across ranks when distributed.
+    def _take(self, reset: bool) -> dict[str, dict[str, Any]]:
+        """Every layer's per-mode state, each layer's taken in one step (see :meth:`LayerRecorder.take`)."""
+        return {name: recorder.take(reset) for name, recorder in self._recorders.items()}
+
+    def _gather(
+        self, taken: Mapping[str, Mapping[str, Any]]
+    ) -> dict[tuple[str, str], tuple[TorchCovarianceMatrix | None, Any, dict[str, Any]]]:
+        """Every layer's and mode's accumulators, merged across ranks when distributed.
 
         The slots are the layer list times the modes, the same on every rank
         whatever each rank saw, so every rank joins the same collectives.
         """
         slots = [(name, mode) for name in self._recorders for mode in MODES]
-        local: list[TorchCovarianceMatrix | None] = []
-        states = []
-        for name, mode in slots:
-            recorder = self._recorders[name]
-            with recorder.lock:
-                state = recorder.modes.get(mode)
-            states.append(state)
-            local.append(state.covariance if state is not None else None)
+        states = [taken[name].get(mode) for name, mode in slots]
+        local = [state.covariance if state is not None else None for state in states]
         if not (self.sync_ranks and distributed.is_distributed(self.process_group)):
             return {
                 slot: (accumulator, state, state.extras if state is not None else {})
@@ -473,7 +475,11 @@ class SaturationTracker:
             ``{"<mode>-<statistic>_<layer>": value}`` in forward order; scalar
             statistics are floats or ints, ``cov`` and ``embed`` numpy arrays.
         """
-        gathered = self._gather()
+        return self._compute(self._take(reset=False))
+
+    def _compute(self, taken: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The statistics of states taken by :meth:`_take` (no hook can change them any more)."""
+        gathered = self._gather(taken)
         entries = []
         rejections = []
         for name in self.layer_names:
@@ -481,14 +487,10 @@ class SaturationTracker:
                 accumulator, state, extras = gathered[(name, mode)]
                 if accumulator is None:
                     continue
-                # The lock keeps a hook in another thread from merging mid-read.
-                with self._recorders[name].lock:
-                    count = accumulator.count
-                    rejected = accumulator.rejected_batches
-                    if count > 0:
-                        entries.append(
-                            (name, mode, state, extras, count, accumulator.fix(), accumulator.mean.clone())
-                        )
+                count = accumulator.count
+                rejected = accumulator.rejected_batches
+                if count > 0:
+                    entries.append((name, mode, state, extras, count, accumulator.fix(), accumulator.mean.clone()))
                 if rejected:
                     rejections.append((name, mode, rejected))
 
@@ -557,7 +559,15 @@ class SaturationTracker:
         dict
             The values logged, as :meth:`compute_saturations` returns them.
         """
-        values = self.compute_saturations()
+        taken = self._take(reset=self.reset_covariance)
+        try:
+            values = self._compute(taken)
+        except BaseException:
+            if self.reset_covariance:
+                # Nothing is lost when a statistic fails: the epoch's rows go back.
+                for name, states in taken.items():
+                    self._recorders[name].give_back(states)
+            raise
         epoch = self.epoch
         try:
             for name, value in values.items():
@@ -570,9 +580,7 @@ class SaturationTracker:
         finally:
             self._written = self._written or bool(values)
             self.epoch += 1
-            if self.reset_covariance:
-                self.reset()
-            else:
+            if not self.reset_covariance:
                 self._reset_counters()
         logger.info("delve epoch %d: %d values logged", epoch, len(values))
         return values
@@ -674,12 +682,15 @@ class SaturationTracker:
         torch.float64
         >>> tracker.close()
         """
-        return {
+        state = {
             "format": _STATE_FORMAT,
             "epoch": self.epoch,
             "forward_order": list(self._forward_order),
             "layers": {name: recorder.state_dict() for name, recorder in self._recorders.items()},
         }
+        if self.observation.generator is not None:
+            state["positions_generator"] = self.observation.generator.get_state()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`, mid-epoch or between epochs.
@@ -719,6 +730,8 @@ class SaturationTracker:
         for name, recorder_state in state["layers"].items():
             device = self.device or _module_device(self._layer_modules[name])
             self._recorders[name].load_state_dict(_floating_to(recorder_state, device))
+        if self.observation.generator is not None and "positions_generator" in state:
+            self.observation.generator.set_state(state["positions_generator"])
 
     def __repr__(self) -> str:
         return (

@@ -215,3 +215,36 @@ def test_state_of_a_subset_of_layers_loads(tmp_path) -> None:
     )
     other.close()
     tracker.close()
+
+
+def test_mid_epoch_restore_with_max_positions_is_exact() -> None:
+    """The random start of the recorded positions is drawn from a generator that travels in the state."""
+
+    def net() -> nn.Module:
+        torch.manual_seed(4)
+        return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1))
+
+    generator = torch.Generator().manual_seed(9)
+    batches = [torch.randn(4, 3, 12, 12, generator=generator) for _ in range(6)]
+    first, second = net(), net()
+    settings = {"nosave": True, "stats": ["cov"], "max_positions": 10}
+    uninterrupted = SaturationTracker("a", modules=first, **settings)
+    with torch.no_grad():
+        for batch in batches[:3]:
+            first(batch)
+        state = uninterrupted.state_dict()
+        restored = SaturationTracker("b", modules=second, **settings)
+        # The other tracker draws from its own stream: no global state is shared.
+        for batch in batches[:2]:
+            second(batch)
+        restored.reset()
+        restored.load_state_dict(state)
+        for batch in batches[3:]:
+            first(batch)
+            second(batch)
+    expected, actual = uninterrupted.add_saturations(), restored.add_saturations()
+    assert set(expected) == set(actual)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(actual[name], value, err_msg=name)
+    uninterrupted.close()
+    restored.close()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from delve import SaturationTracker
+from delve.activity import MeanAbsoluteActivity
+from delve.statistics import STATISTICS, Statistic, register_statistic
 
 THREADS = 8
 BATCHES_PER_THREAD = 12
@@ -118,4 +121,131 @@ def test_add_saturations_while_threads_record(tmp_path) -> None:
         stop.set()
         thread.join()
     assert tracker._recorders["0"].modes["train"].covariance.count == recorded[0]
+    tracker.close()
+
+
+class ForwardDuringCompute:
+    """A statistic that runs a forward pass in another thread the first time it is computed.
+
+    So a batch arrives, deterministically, in the middle of ``add_saturations``:
+    after the covariances were read and before the other statistics are.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.done = False
+
+    def __call__(self, summary) -> int:
+        if not self.done:
+            self.done = True
+            thread = threading.Thread(target=self._forward)
+            thread.start()
+            thread.join()
+        return summary.count
+
+    def _forward(self) -> None:
+        with torch.no_grad():
+            self.net(torch.randn(9, 16, dtype=torch.float64))
+
+
+@pytest.fixture
+def probe_statistics():
+    saved = dict(STATISTICS)
+    yield
+    STATISTICS.clear()
+    STATISTICS.update(saved)
+
+
+def test_every_statistic_of_a_layer_sees_the_rows_of_its_covariance(probe_statistics) -> None:
+    net = model()
+    probe = ForwardDuringCompute(net)
+    register_statistic(Statistic("probe", "rows-in-covariance", probe))
+    register_statistic(
+        Statistic("extra", "rows-in-extra", lambda s: s.extras["extra"].count, accumulator=MeanAbsoluteActivity)
+    )
+    tracker = SaturationTracker(
+        "t", modules=net, nosave=True, stats=["probe", "extra", "embed"], embed_size=10_000, reset_covariance=False
+    )
+    with torch.no_grad():
+        for rows in (20, 30):
+            net(torch.randn(rows, 16, dtype=torch.float64))
+    values = tracker.add_saturations()
+    assert probe.done
+    for layer in ("0", "2", "4"):
+        count = values[f"train-rows-in-covariance_{layer}"]
+        assert count == 50
+        assert values[f"train-rows-in-extra_{layer}"] == count, layer
+        assert values[f"train-embedded-sample_{layer}"].shape == (count, 2), layer
+    # The batch that arrived mid-computation is kept for the next epoch, in every accumulator.
+    probe.done = True
+    values = tracker.add_saturations()
+    assert values["train-rows-in-covariance_0"] == values["train-rows-in-extra_0"] == 59
+    tracker.close()
+
+
+def test_threads_recording_through_epoch_boundaries_lose_no_row(probe_statistics) -> None:
+    """Every row lands in exactly one epoch, in the covariance and in the extras alike."""
+    net = model()
+    register_statistic(
+        Statistic("extra", "rows-in-extra", lambda s: s.extras["extra"].count, accumulator=MeanAbsoluteActivity)
+    )
+    register_statistic(Statistic("count", "rows-in-covariance", lambda s: s.count))
+    tracker = SaturationTracker("t", modules=net, nosave=True, stats=["count", "extra", "embed"], embed_size=50)
+    fed = [0, 0]
+    start = threading.Barrier(3)
+
+    def feed(slot: int) -> None:
+        start.wait()
+        with torch.no_grad():
+            for _ in range(150):
+                net(torch.randn(3, 16, dtype=torch.float64))
+                fed[slot] += 3
+
+    threads = [threading.Thread(target=feed, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    epochs = []
+    while any(thread.is_alive() for thread in threads):
+        epochs.append(tracker.add_saturations())
+    for thread in threads:
+        thread.join()
+    epochs.append(tracker.add_saturations())
+    for epoch in epochs:
+        for layer in ("0", "2", "4"):
+            count = epoch.get(f"train-rows-in-covariance_{layer}", 0)
+            assert epoch.get(f"train-rows-in-extra_{layer}", 0) == count
+            if count:
+                assert epoch[f"train-embedded-sample_{layer}"].shape == (min(count, 50), 2)
+    total = sum(epoch.get("train-rows-in-covariance_0", 0) for epoch in epochs)
+    assert total == sum(fed) == 900
+    tracker.close()
+
+
+def test_a_failing_statistic_loses_no_row(probe_statistics) -> None:
+    """add_saturations that raises leaves the epoch's rows for the next call, batches recorded meanwhile too."""
+    net = model()
+    failing = [True]
+
+    def count_or_fail(summary) -> int:
+        if failing[0]:
+            failing[0] = False
+            with torch.no_grad():
+                net(torch.randn(4, 16, dtype=torch.float64))  # arrives while the computation runs
+            raise RuntimeError("a user statistic failed")
+        return summary.count
+
+    register_statistic(Statistic("fragile", "fragile-count", count_or_fail))
+    register_statistic(
+        Statistic("extra", "rows-in-extra", lambda s: s.extras["extra"].count, accumulator=MeanAbsoluteActivity)
+    )
+    tracker = SaturationTracker("t", modules=net, nosave=True, stats=["fragile", "extra", "embed"], embed_size=100)
+    with torch.no_grad():
+        net(torch.randn(10, 16, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="user statistic failed"):
+        tracker.add_saturations()
+    values = tracker.add_saturations()
+    assert values["train-fragile-count_0"] == values["train-rows-in-extra_0"] == 14
+    assert values["train-embedded-sample_0"].shape == (14, 2)
+    assert tracker.epoch == 1
     tracker.close()

@@ -30,3 +30,34 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path) -> 
         atomic_write(target, fail)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.csv"]
+
+
+def test_importing_and_writing_leave_the_umask_alone(monkeypatch, tmp_path) -> None:
+    """Reading the umask means setting it: another thread could create a world-writable file meanwhile."""
+    import importlib
+
+    import delve.io
+
+    def forbidden(mask: int) -> int:
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    importlib.reload(delve.io)
+    delve.io.atomic_write(tmp_path / "a.txt", lambda handle: handle.write("x"))
+    assert (tmp_path / "a.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_files_follow_the_umask(tmp_path, mask) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        f"os.umask({mask})\n"
+        "from delve.io import atomic_write\n"
+        "atomic_write(sys.argv[1], lambda handle: handle.write('x'))\n"
+    )
+    target = tmp_path / "out.txt"
+    subprocess.run([sys.executable, "-c", script, str(target)], check=True)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o666 & ~mask

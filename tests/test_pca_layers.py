@@ -214,6 +214,17 @@ def test_conv_layer_downsampling_only_affects_the_fit():
     assert layer(x).shape == x.shape
 
 
+def test_conv_layer_downsampling_keeps_the_aspect_ratio_as_the_tracker_does():
+    """A 32x8 map shrunk to a longest side of 8 becomes 8x2, as in the tracker's observation path."""
+    x = torch.randn(2, 3, 32, 8)
+    layer = Conv2DPCALayer(3, downsampling=8, verbose=False)
+    _feed(layer, [x])
+    small = torch.nn.functional.interpolate(x, size=(8, 2), mode="nearest")
+    expected = torch.cov(small.permute(0, 2, 3, 1).reshape(-1, 3).double().T, correction=0)
+    layer(x[:1])  # the first eval forward fits
+    torch.testing.assert_close(layer.covariance, expected, rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------- random directions
 def test_random_directions_change_the_outputs():
     x, _ = _subspace_data(500, 12, 3, seed=6, offset=2.0)

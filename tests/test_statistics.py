@@ -95,7 +95,9 @@ class RowCounter:
     def __init__(self) -> None:
         self.reset()
 
-    def update(self, rows: torch.Tensor) -> None:
+    def update(self, rows: torch.Tensor, accepted: bool) -> None:
+        if not accepted:
+            return
         flat = rows.reshape(-1, rows.shape[-1])
         self.rows += flat.shape[0]
         self.total = self.total + flat[:, 0].double().sum()

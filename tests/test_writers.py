@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import delve.writers.registry as registry
 from delve import SaturationTracker
 from delve.writers import (
     WRITERS,
@@ -128,7 +129,8 @@ def test_writer_args_reach_every_writer_and_others_ignore_them(tmp_path, caplog)
     assert "primary_metrc" in caplog.text
 
 
-def test_keys_mixed_with_instances_and_a_registered_user_writer(tmp_path):
+def test_keys_mixed_with_instances_and_a_registered_user_writer(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "WRITERS", dict(registry.WRITERS))
     register_writer("listwriter-test", ListWriter)
     mine = ListWriter()
     model = _model()

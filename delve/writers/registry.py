@@ -21,18 +21,27 @@ logger = logging.getLogger("delve")
 WRITERS: dict[str, type[AbstractWriter]] = {}
 
 
-def register_writer(key: str, writer_class: type[AbstractWriter]) -> None:
+def register_writer(key: str, writer_class: type[AbstractWriter], replace: bool = False) -> None:
     """Make ``save_to=key`` build ``writer_class(savepath, **writer_args)``.
+
+    Keys are case-insensitive. A key that is already registered (built-ins
+    included) is refused unless ``replace=True``.
 
     Examples
     --------
     >>> from delve.writers import CSVWriter
     >>> register_writer("mycsv", CSVWriter)
+    >>> del WRITERS["mycsv"]  # keep the doctest from changing the global registry
     """
     if not (isinstance(writer_class, type) and issubclass(writer_class, AbstractWriter)):
         raise ValueError(f"writer_class must subclass AbstractWriter, got {writer_class!r}")
     if not isinstance(key, str) or not key:
         raise ValueError(f"key must be a non-empty string, got {key!r}")
+    existing = WRITERS.get(key.lower())
+    if existing is not None and not replace:
+        raise ValueError(
+            f"save_to key {key!r} is already registered ({existing.__name__}); pass replace=True to replace it"
+        )
     WRITERS[key.lower()] = writer_class
 
 

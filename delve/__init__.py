@@ -16,6 +16,7 @@ True
 import logging
 
 from .activity import MeanAbsoluteActivity, dormant_fraction
+from .compat import change_all_pca_layer_thresholds, change_all_pca_layer_thresholds_and_inject_random_directions
 from .covariance import EmptyCovarianceError, TorchCovarianceMatrix
 from .metrics import (
     covariance_trace,
@@ -32,12 +33,7 @@ from .metrics import (
     spectrum,
 )
 from .observations import ObservationConfig, register_observer
-from .pca_layers import (
-    Conv2DPCALayer,
-    LinearPCALayer,
-    change_all_pca_layer_thresholds,
-    change_all_pca_layer_thresholds_and_inject_random_directions,
-)
+from .pca_layers import Conv2DPCALayer, LinearPCALayer
 from .results import load_results, recompute
 from .statistics import Statistic, register_statistic
 from .tracker import CheckLayerSat, SaturationTracker

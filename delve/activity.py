@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .ranks import communication_device
+
 __all__ = ["MeanAbsoluteActivity", "dormant_fraction", "DEFAULT_DORMANT_TAU"]
 
 DEFAULT_DORMANT_TAU = 0.025
@@ -116,9 +118,7 @@ class MeanAbsoluteActivity:
         A rank that saw no rows contributes zeros of size ``num_features``.
         This accumulator is left untouched.
         """
-        from . import distributed
-
-        device = distributed.communication_device(group)
+        device = communication_device(group)
         packed = torch.zeros(num_features + 1, dtype=torch.float64, device=device)
         if self._sum is not None:
             packed[:num_features] = self._sum.to(device)

@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    delve demo [--out DIR] [--epochs N]       train a small CNN and show its saturation
+    delve demo [--out DIR] [--epochs N] [--no-progress]   train two CNNs and show their saturation
     delve plot RUN [--out DIR] [--epochs all]  redraw the figures from a run's CSV
     delve recompute NPY_DIR --threshold 0.95   saturation at another threshold, from saved covariances
     delve summary RUN                          the last epoch's per-layer table
@@ -18,6 +18,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from . import __version__
+from .formats.csv import write_csv
+from .layout import csv_path, plot_dir
+from .plotting import plot_results
+from .report import format_summary
+from .results import load_results, recompute, wide
 
 __all__ = ["main", "build_parser"]
 
@@ -66,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     >>> build_parser().parse_args(["recompute", "runs/vgg/npy", "--threshold", "0.95"]).threshold
     0.95
     """
-    from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="delve",
@@ -83,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="delve-demo", metavar="DIR", help="output folder (default: %(default)s)")
     demo.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="training epochs")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(handler=_run_demo)
 
     plot = commands.add_parser(
@@ -130,24 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    # Imported when asked for: the demo pulls in its training code and tqdm.
     try:
-        from .demo import run_demo
+        from . import demo
     except ModuleNotFoundError as error:
         raise _InputError(f"the demo is not available: {error}; install it with pip install 'delve[demo]'") from None
+    options = {"progress": False} if args.no_progress else {}
     try:
-        code = run_demo(out_dir=args.out, epochs=args.epochs)
+        code = demo.run_demo(out_dir=args.out, epochs=args.epochs, **options)
     except ModuleNotFoundError as error:
         raise _InputError(f"the demo needs {error.name or error}; install it with pip install 'delve[demo]'") from None
     return int(code or 0)
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from .plotting import plot_results
-    from .results import load_results
-    from .writers import layout
-
     results = load_results(args.run)
-    out = Path(args.out) if args.out else layout.plot_dir(args.run)
+    out = Path(args.out) if args.out else plot_dir(args.run)
     if args.primary_metric:
         scalars = sorted(set(results.loc[results["layer"].isna() & results["mode"].isna(), "stat"]))
         if args.primary_metric not in scalars:
@@ -156,36 +161,29 @@ def _run_plot(args: argparse.Namespace) -> int:
             print(f"delve plot: warning: {warning}", file=sys.stderr)
     written = plot_results(results, out, epochs=args.epochs, primary_metric=args.primary_metric, fontsize=args.fontsize)
     if not written:
-        raise _InputError(f"{layout.csv_path(args.run)} holds no per-layer values to plot")
+        raise _InputError(f"{csv_path(args.run)} holds no per-layer values to plot")
     print(f"wrote {len(written)} figure(s) to {out}")
     return EXIT_OK
 
 
 def _run_recompute(args: argparse.Namespace) -> int:
-    from .io import atomic_write
-    from .results import format_summary, recompute, wide
-
     results = recompute(args.npy_dir, args.threshold)
     if args.epoch is not None and args.epoch not in set(results["epoch"]):
         raise _InputError(f"epoch {args.epoch} is not in {args.npy_dir}")
     print(f"threshold {args.threshold}")
     print(format_summary(results, args.epoch))
     if args.out:
-        frame = wide(results)
-        atomic_write(args.out, lambda handle: frame.to_csv(handle, sep=";"))
+        write_csv(wide(results), args.out)
         print(f"wrote {args.out}")
     return EXIT_OK
 
 
 def _run_summary(args: argparse.Namespace) -> int:
-    from .results import format_summary, load_results
-    from .writers import layout
-
     results = load_results(args.run)
     if results.empty:
-        raise _InputError(f"{layout.csv_path(args.run)} holds no values")
+        raise _InputError(f"{csv_path(args.run)} holds no values")
     if args.epoch is not None and args.epoch not in set(results["epoch"]):
-        raise _InputError(f"epoch {args.epoch} is not in {layout.csv_path(args.run)}")
+        raise _InputError(f"epoch {args.epoch} is not in {csv_path(args.run)}")
     print(format_summary(results, args.epoch, args.stat))
     return EXIT_OK
 

@@ -22,13 +22,15 @@ zeros. Outside a process group, or with one process, nothing is communicated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from .covariance import TorchCovarianceMatrix
+from .ranks import communication_device, get_rank, get_world_size, is_distributed
+from .recording import ModeState
 
 __all__ = [
     "is_distributed",
@@ -37,58 +39,11 @@ __all__ = [
     "communication_device",
     "merge_across_ranks",
     "merge_extras_across_ranks",
+    "merge_slots",
 ]
 
 # Larger than any feature size; marks "this rank saw no data" in the MAX reduction.
 _NO_FEATURES = 2**62
-
-
-def _initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank(group: Any = None) -> int:
-    """This process's rank in ``group``, or 0 outside ``torch.distributed``.
-
-    Examples
-    --------
-    >>> get_rank()
-    0
-    """
-    return dist.get_rank(group) if _initialized() else 0
-
-
-def get_world_size(group: Any = None) -> int:
-    """Number of processes in ``group``, or 1 outside ``torch.distributed``.
-
-    Examples
-    --------
-    >>> get_world_size()
-    1
-    """
-    return dist.get_world_size(group) if _initialized() else 1
-
-
-def is_distributed(group: Any = None) -> bool:
-    """Whether a process group with more than one rank is active.
-
-    Examples
-    --------
-    >>> is_distributed()
-    False
-    """
-    return get_world_size(group) > 1
-
-
-def communication_device(group: Any = None) -> torch.device:
-    """The device whose tensors ``group``'s backend can reduce.
-
-    NCCL only moves CUDA tensors; gloo and the others take CPU tensors.
-    """
-    backend = str(dist.get_backend(group)).lower()
-    if backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def merge_across_ranks(
@@ -239,16 +194,13 @@ def _accumulator_from(
     return merged
 
 
-def merge_extras_across_ranks(
-    extras: Sequence[Any], num_features: int, group: Any = None
-) -> list[Any]:
+def merge_extras_across_ranks(extras: Sequence[Any], num_features: int, group: Any = None) -> list[Any]:
     """Merge a slot's extra accumulators (see :class:`delve.statistics.FeatureAccumulator`).
 
     Every rank calls this with the same keys in the same order for a slot
     that saw data on some rank (a rank without data passes fresh
-    accumulators). An accumulator that defines
-    ``merged_across_ranks(num_features, group)`` returns a new, merged
-    accumulator; one that does not stays per-rank.
+    accumulators); each accumulator's ``merged_across_ranks`` returns a new,
+    merged one.
 
     Examples
     --------
@@ -257,8 +209,33 @@ def merge_extras_across_ranks(
     """
     if not is_distributed(group):
         return list(extras)
-    merged = []
-    for extra in extras:
-        merge = getattr(extra, "merged_across_ranks", None)
-        merged.append(merge(num_features, group) if merge is not None else extra)
-    return merged
+    return [extra.merged_across_ranks(num_features, group) for extra in extras]
+
+
+def merge_slots(
+    states: Sequence[ModeState | None],
+    extra_factories: Sequence[tuple[str, Callable[[], Any]]],
+    group: Any = None,
+    devices: Sequence[torch.device | None] | None = None,
+) -> list[tuple[TorchCovarianceMatrix | None, dict[str, Any]]]:
+    """Covariance and extra accumulators of every slot (layer and mode), merged over all ranks.
+
+    ``states`` lists the same slots in the same order on every rank (the
+    tracker's layers times the modes, whatever each rank saw), with ``None``
+    where this rank recorded nothing, so every rank joins the same
+    collectives. Outside a process group of several ranks each state is
+    returned as it is.
+    """
+    if not is_distributed(group):
+        return [(s.covariance, s.extras) if s is not None else (None, {}) for s in states]
+    merged = merge_across_ranks([s.covariance if s is not None else None for s in states], group, devices)
+    slots: list[tuple[TorchCovarianceMatrix | None, dict[str, Any]]] = []
+    for accumulator, state in zip(merged, states):
+        extras: dict[str, Any] = {}
+        # Decided from the merged (global) count, so every rank takes part.
+        if accumulator is not None and accumulator.count > 0 and extra_factories:
+            local = [state.extras[key] if state is not None else factory() for key, factory in extra_factories]
+            reduced = merge_extras_across_ranks(local, accumulator.num_features, group)  # type: ignore[arg-type]
+            extras = dict(zip((key for key, _ in extra_factories), reduced))
+        slots.append((accumulator, extras))
+    return slots

@@ -1,16 +1,37 @@
-"""Names of layers and logged values, and their safe use as file names.
+"""Names of layers and logged values, how to read them back, and their safe use as file names.
 
 A logged value is named ``<mode>-<statistic>_<layer>``, for example
 ``train-saturation_features-0``. Modes and statistic names never contain
 ``_``, so the first ``_`` separates the layer, which may contain anything.
+Values over all layers of a mode are named ``<mode>-<statistic>``, for
+example ``train-average-saturation``.
+
+User scalars share the namespace: ``tracker.add_scalar("eval-acc_top1", 0.9)``
+fits the grammar by accident. So a tracker describes what it logs in a
+:class:`RunRecord` (its layers and statistic names), and a name is read as a
+per-layer value only when the record knows both its statistic and its layer.
+Without a record (files written by delve 0.1.x) the grammar alone decides.
 """
 
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-__all__ = ["MODES", "layer_name", "value_name", "parse_value_name", "ValueName", "safe_filename"]
+__all__ = [
+    "MODES",
+    "layer_name",
+    "value_name",
+    "mode_value_name",
+    "parse_value_name",
+    "ValueName",
+    "RunRecord",
+    "classify",
+    "compose_name",
+    "safe_filename",
+]
 
 MODES = ("train", "eval")
 
@@ -35,6 +56,17 @@ def value_name(mode: str, statistic: str, layer: str) -> str:
     'train-saturation_features-0'
     """
     return f"{mode}-{statistic}_{layer}"
+
+
+def mode_value_name(mode: str, statistic: str) -> str:
+    """Name of a value over all layers of a mode.
+
+    Examples
+    --------
+    >>> mode_value_name("eval", "average-saturation")
+    'eval-average-saturation'
+    """
+    return f"{mode}-{statistic}"
 
 
 class ValueName(NamedTuple):
@@ -62,6 +94,106 @@ def parse_value_name(name: str) -> ValueName | None:
     if not sep or not statistic or not layer:
         return None
     return ValueName(mode, statistic, layer)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a tracker logs: its layers, per-layer statistic names and per-mode statistic names.
+
+    Writers receive it from the tracker (:meth:`AbstractWriter.record_run`)
+    and keep it beside the files they write, so that a run read back tells
+    the tracker's values from the user's scalars.
+
+    Examples
+    --------
+    >>> record = RunRecord(layers=("fc",), statistics=("saturation",), mode_statistics=("average-saturation",))
+    >>> record.classify("train-saturation_fc"), record.classify("eval-acc_top1")
+    (('train', 'fc', 'saturation'), (None, None, 'eval-acc_top1'))
+    >>> record.classify("eval-average-saturation")
+    ('eval', None, 'average-saturation')
+    """
+
+    layers: tuple[str, ...]
+    statistics: tuple[str, ...]
+    mode_statistics: tuple[str, ...] = ()
+
+    def classify(self, name: str) -> tuple[str | None, str | None, str]:
+        """``(mode, layer, statistic)`` of a value this record describes, else ``(None, None, name)``."""
+        parsed = parse_value_name(name)
+        if parsed is not None and parsed.statistic in self.statistics and parsed.layer in self.layers:
+            return parsed.mode, parsed.layer, parsed.statistic
+        mode, sep, rest = name.partition("-")
+        if sep and mode in MODES and rest in self.mode_statistics:
+            return mode, None, rest
+        return None, None, name
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """Plain lists, for a JSON file."""
+        return {
+            "layers": list(self.layers),
+            "statistics": list(self.statistics),
+            "mode_statistics": list(self.mode_statistics),
+        }
+
+    @classmethod
+    def from_dict(cls, content: Mapping[str, Any]) -> RunRecord:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` for anything else."""
+        try:
+            return cls(
+                layers=_strings(content["layers"]),
+                statistics=_strings(content["statistics"]),
+                mode_statistics=_strings(content.get("mode_statistics", ())),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not a run record: {error!r}") from error
+
+
+def _strings(values: Iterable[Any]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise TypeError("expected a list of names, got a string")
+    return tuple(str(value) for value in values)
+
+
+def classify(name: str, record: RunRecord | None = None) -> tuple[str | None, str | None, str]:
+    """Split a logged value's name into ``(mode, layer, statistic)``.
+
+    With a ``record`` only the values it describes are split; without one (a
+    run of delve 0.1.x) the grammar decides. User scalars come back as
+    ``(None, None, name)``.
+
+    Examples
+    --------
+    >>> classify("train-saturation_features-0")
+    ('train', 'features-0', 'saturation')
+    >>> classify("eval-average-saturation")
+    ('eval', None, 'average-saturation')
+    >>> classify("test_accuracy")
+    (None, None, 'test_accuracy')
+    """
+    if record is not None:
+        return record.classify(name)
+    parsed = parse_value_name(name)
+    if parsed is not None:
+        return parsed.mode, parsed.layer, parsed.statistic
+    mode, sep, rest = name.partition("-")
+    if sep and mode in MODES and rest.startswith("average-"):
+        return mode, None, rest
+    return None, None, name
+
+
+def compose_name(mode: str | None, layer: str | None, statistic: str) -> str:
+    """Inverse of :func:`classify`.
+
+    Examples
+    --------
+    >>> compose_name("train", "fc", "saturation"), compose_name("eval", None, "average-saturation")
+    ('train-saturation_fc', 'eval-average-saturation')
+    """
+    if layer is not None:
+        return value_name(str(mode), statistic, layer)
+    if mode is not None:
+        return mode_value_name(mode, statistic)
+    return statistic
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")

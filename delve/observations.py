@@ -12,7 +12,6 @@ Users extend it with :func:`register_observer`.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from .validation import check_choice, check_int, check_optional_int
 
 __all__ = [
     "CONV_METHODS",
@@ -77,26 +78,12 @@ class ObservationConfig:
     generator: torch.Generator | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_choice("conv_method", self.conv_method, CONV_METHODS)
-        _check_choice("timeseries_method", self.timeseries_method, TIMESERIES_METHODS)
+        check_choice("conv_method", self.conv_method, CONV_METHODS)
+        check_choice("timeseries_method", self.timeseries_method, TIMESERIES_METHODS)
         if self.interpolation_strategy is not None:
-            _check_choice("interpolation_strategy", self.interpolation_strategy, INTERPOLATION_STRATEGIES)
-        size = self.interpolation_downsampling
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-            raise ValueError(
-                f"interpolation_downsampling must be a positive int, got {self.interpolation_downsampling!r}"
-            )
-        if self.max_positions is not None and (
-            isinstance(self.max_positions, bool)
-            or not isinstance(self.max_positions, numbers.Integral)
-            or self.max_positions < 1
-        ):
-            raise ValueError(f"max_positions must be None or a positive int, got {self.max_positions!r}")
-
-
-def _check_choice(argument: str, value: object, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ValueError(f"{argument} must be one of {', '.join(map(repr, accepted))}; got {value!r}")
+            check_choice("interpolation_strategy", self.interpolation_strategy, INTERPOLATION_STRATEGIES)
+        check_int("interpolation_downsampling", self.interpolation_downsampling, 1, "a positive int")
+        check_optional_int("max_positions", self.max_positions, minimum=1)
 
 
 Observer = Callable[[nn.Module, object, ObservationConfig], torch.Tensor]

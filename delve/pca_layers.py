@@ -28,20 +28,6 @@ Under ``DistributedDataParallel`` every process fits on its own shard of the
 data; load one rank's ``state_dict`` everywhere for identical projections.
 ``nn.DataParallel`` replicas share one accumulator across threads and are not
 supported.
-
-Examples
---------
->>> import torch
->>> from delve.pca_layers import LinearPCALayer
->>> layer = LinearPCALayer(4)
->>> basis = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]])
->>> x = torch.randn(256, 2) @ basis + 3.0  # lies in a 2-dim affine subspace
->>> _ = layer(x)                            # training mode: accumulate
->>> _ = layer.eval()
->>> torch.allclose(layer(x), x, atol=1e-4)  # the first eval forward fits
-True
->>> layer.n_components
-2
 """
 
 from __future__ import annotations
@@ -54,11 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .covariance import TorchCovarianceMatrix
-from .metrics import intrinsic_dimensionality, spectrum
-from .naming import layer_name
+from .compat import (
+    LegacyPCANames,
+    change_all_pca_layer_thresholds,
+    change_all_pca_layer_thresholds_and_inject_random_directions,
+)
 from .observations import shrink_feature_map
+from .pca_fit import CovarianceObserver, decompose, random_orthonormal, select_components
+from .validation import check_fraction, check_int, check_optional_int
 
+# The change_all_* functions live in delve.compat; 0.1.x scripts import them from here.
 __all__ = [
     "LinearPCALayer",
     "Conv2DPCALayer",
@@ -70,48 +61,6 @@ __all__ = [
 logger = logging.getLogger("delve")
 
 
-def random_orthonormal(
-    d: int,
-    k: int,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> torch.Tensor:
-    """A ``(d, k)`` matrix with orthonormal columns, uniformly distributed (Haar).
-
-    The QR factorisation of a Gaussian matrix, with the signs of ``R``'s
-    diagonal moved into ``Q`` so the distribution does not depend on the QR
-    implementation's sign convention (Mezzadri 2007).
-
-    Parameters
-    ----------
-    d, k : int
-        Ambient dimension and number of directions, ``1 <= k <= d``.
-    generator : torch.Generator, optional
-        A CPU generator, for reproducible directions.
-    dtype : torch.dtype
-        Floating dtype of the result.
-
-    Examples
-    --------
-    >>> q = random_orthonormal(5, 3, torch.Generator().manual_seed(0))
-    >>> torch.allclose(q.T @ q, torch.eye(3, dtype=torch.float64))
-    True
-    """
-    if not (isinstance(d, int) and isinstance(k, int) and 1 <= k <= d):
-        raise ValueError(f"need integers 1 <= k <= d, got d={d!r}, k={k!r}")
-    gaussian = torch.randn(d, k, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(gaussian)
-    signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    return (q * signs).to(dtype)
-
-
-def _check_threshold(threshold: object) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
-    return float(threshold)
-
-
 def _like(tensor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``tensor`` in ``x``'s dtype and device, without a copy when it already is."""
     if tensor.dtype == x.dtype and tensor.device == x.device:
@@ -119,7 +68,7 @@ def _like(tensor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return tensor.to(device=x.device, dtype=x.dtype)
 
 
-class LinearPCALayer(nn.Module):
+class LinearPCALayer(LegacyPCANames, nn.Module):
     """Project features (the last dimension) onto their leading eigendirections.
 
     Parameters
@@ -157,11 +106,15 @@ class LinearPCALayer(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> layer = LinearPCALayer(3, threshold=0.9)
-    >>> _ = layer(torch.randn(500, 3) * torch.tensor([10.0, 1.0, 0.1]))
+    >>> layer = LinearPCALayer(4)
+    >>> basis = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]])
+    >>> x = torch.randn(256, 2) @ basis + 3.0  # lies in a 2-dim affine subspace
+    >>> _ = layer(x)                            # training mode: accumulate
     >>> _ = layer.eval()
-    >>> layer(torch.zeros(2, 3)).shape, layer.n_components
-    (torch.Size([2, 3]), 1)
+    >>> torch.allclose(layer(x), x, atol=1e-4)  # the first eval forward fits
+    True
+    >>> layer.n_components
+    2
     """
 
     _feature_dim = -1
@@ -176,11 +129,9 @@ class LinearPCALayer(nn.Module):
         centering: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
-        d = in_features
+        d = check_int("in_features", in_features, minimum=1)
         self.in_features = d
-        self._threshold = _check_threshold(threshold)
+        self._threshold = check_fraction("threshold", threshold)
         self.keepdim = bool(keepdim)
         self.verbose = bool(verbose)
         self.gradient_epoch_start = gradient_epoch_start
@@ -204,9 +155,8 @@ class LinearPCALayer(nn.Module):
         # device value back.
         self._fitted = False
         self._k = d
-        self._pending = False
         self._warned = False
-        self._accumulator = TorchCovarianceMatrix()
+        self._observer = CovarianceObserver()
         self.register_load_state_dict_post_hook(_refresh_mirrors)
 
     # -------------------------------------------------------------- settings
@@ -217,7 +167,7 @@ class LinearPCALayer(nn.Module):
 
     @threshold.setter
     def threshold(self, threshold: float) -> None:
-        self._threshold = _check_threshold(threshold)
+        self._threshold = check_fraction("threshold", threshold)
         if self._fitted:
             self._select_eigendirections()
 
@@ -235,18 +185,6 @@ class LinearPCALayer(nn.Module):
     @property
     def n_components(self) -> int:
         return self._k
-
-    @property
-    def in_dim(self) -> int:
-        return self._k
-
-    @property
-    def fs_dim(self) -> int:
-        return self.in_features
-
-    @property
-    def sat(self) -> float:
-        return 100.0 * self._k / self.in_features
 
     @property
     def is_fitted(self) -> bool:
@@ -268,15 +206,9 @@ class LinearPCALayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if self.training:
-            if torch.is_inference_mode_enabled():
-                # State allocated under inference mode could not be updated
-                # in place by a later ordinary forward.
-                with torch.inference_mode(False):
-                    self._accumulate(self._rows(x.detach()))
-            else:
-                self._accumulate(self._rows(x.detach()))
+            self._observer.update(self._rows(x))
             return x
-        if self._pending:
+        if self._observer.pending:
             self.fit()
         if not self._fitted:
             if not self._warned:
@@ -298,64 +230,42 @@ class LinearPCALayer(nn.Module):
         bias = -(self.mean @ basis) if self._centering else None
         return F.linear(x, _like(basis, x).t(), None if bias is None else _like(bias, x))
 
-    @torch.no_grad()
-    def _accumulate(self, rows: torch.Tensor) -> None:
-        accumulator = self._accumulator
-        if accumulator.device is not None and accumulator.device != rows.device:
-            # The module moved (.to(device)) since the accumulation began.
-            moved = TorchCovarianceMatrix(device=rows.device)
-            moved.load_state_dict(accumulator.state_dict())
-            self._accumulator = accumulator = moved
-        if torch.is_autocast_enabled(rows.device.type):
-            # Autocast would run the Gram product in half precision.
-            with torch.autocast(rows.device.type, enabled=False):
-                accumulator.update_rows(rows)
-        else:
-            accumulator.update_rows(rows)
-        self._pending = True
-
     # ------------------------------------------------------------------- fit
     @torch.no_grad()
     def fit(self) -> None:
-        """Decompose the covariance accumulated since the last fit and start afresh.
+        """Decompose the input accumulated since the last fit and start afresh.
 
         Called automatically by the first evaluation forward after training.
         Without new observations it keeps the current projection.
         """
-        self._pending = False
-        accumulator = self._accumulator
-        if accumulator.count == 0:
+        basis = self._observer.fit(self._centering)
+        if basis is None:
             logger.warning("%s: no finite observations to fit; keeping the current projection", type(self).__name__)
             return
-        mean = accumulator.mean
-        covariance = accumulator.fix()
-        accumulator.reset()
-        self.mean.copy_(mean)
-        self.covariance.copy_(covariance)
+        # The float64 moments are kept, not only their buffer copies (a model
+        # cast with .half() also casts the buffers).
+        self.mean.copy_(basis.mean)
+        self.covariance.copy_(basis.covariance)
         self.fitted.fill_(True)
         self._fitted = True
         self._warned = False
         self.epoch += 1
-        # The float64 moments are decomposed directly, not their buffer copies
-        # (a model cast with .half() also casts the buffers).
-        self._decompose(covariance, mean)
+        self._use_decomposition(basis.values, basis.vectors)
 
-    def _decompose(self, covariance: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> None:
-        moment = (self.covariance if covariance is None else covariance).to(torch.float64)
-        if not self._centering:
-            mean = (self.mean if mean is None else mean).to(torch.float64)
-            moment = moment + torch.outer(mean, mean)
-        decomposition = spectrum(moment, vectors=True)
-        self.eigenvalues.copy_(decomposition.values)
-        self.eigenvectors.copy_(decomposition.vectors)  # type: ignore[arg-type]
-        self._select_eigendirections(decomposition.values, decomposition.vectors)
+    def _decompose(self) -> None:
+        self._use_decomposition(*decompose(self.covariance, self.mean, self._centering))
+
+    def _use_decomposition(self, values: torch.Tensor, vectors: torch.Tensor) -> None:
+        self.eigenvalues.copy_(values)
+        self.eigenvectors.copy_(vectors)
+        self._select_eigendirections(values, vectors)
 
     def _select_eigendirections(
         self, values: torch.Tensor | None = None, vectors: torch.Tensor | None = None
     ) -> None:
         values = self.eigenvalues if values is None else values
         vectors = self.eigenvectors if vectors is None else vectors
-        k = max(1, intrinsic_dimensionality(values.to(torch.float64), self._threshold))
+        k = select_components(values, self._threshold)
         self._use_basis(vectors[:, :k])
         if self.verbose:
             logger.info(
@@ -393,17 +303,14 @@ class LinearPCALayer(nn.Module):
             "threshold": self._threshold,
             "centering": self._centering,
             "epoch": self.epoch,
-            "pending": self._pending,
-            "accumulator": self._accumulator.state_dict(),
+            **self._observer.state_dict(),
         }
 
     def set_extra_state(self, state: Any) -> None:
-        self._threshold = _check_threshold(state["threshold"])
+        self._threshold = check_fraction("threshold", state["threshold"])
         self._centering = bool(state["centering"])
         self.epoch = int(state["epoch"])
-        self._pending = bool(state["pending"])
-        self._accumulator = TorchCovarianceMatrix()
-        self._accumulator.load_state_dict(state["accumulator"])
+        self._observer.load_state_dict(state)
 
     def extra_repr(self) -> str:
         return (
@@ -474,11 +381,7 @@ class Conv2DPCALayer(LinearPCALayer):
             gradient_epoch_start=gradient_epoch_start,
             centering=centering,
         )
-        if downsampling is not None and (
-            isinstance(downsampling, bool) or not isinstance(downsampling, int) or downsampling < 1
-        ):
-            raise ValueError(f"downsampling must be None or a positive int, got {downsampling!r}")
-        self.downsampling = downsampling
+        self.downsampling = check_optional_int("downsampling", downsampling, minimum=1)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
@@ -495,108 +398,3 @@ class Conv2DPCALayer(LinearPCALayer):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         weight = _like(self.transformation_matrix, x).t()[:, :, None, None]
         return F.conv2d(x, weight, _like(self.offset, x))
-
-
-def _pca_layers(network: nn.Module) -> list[tuple[str, LinearPCALayer]]:
-    return [(layer_name(name) or "pca", m) for name, m in network.named_modules() if isinstance(m, LinearPCALayer)]
-
-
-def change_all_pca_layer_thresholds(
-    threshold: float, network: nn.Module, verbose: bool = False
-) -> tuple[list[float], list[int], list[int], list[str]]:
-    """Set the threshold of every PCA layer in ``network``.
-
-    Fitted layers re-select their eigendirections from the spectrum they
-    already hold; nothing is recomputed from data.
-
-    Parameters
-    ----------
-    threshold : float
-        New fraction of variance, in ``(0, 1]``.
-    network : nn.Module
-        Searched recursively for :class:`LinearPCALayer` and
-        :class:`Conv2DPCALayer` modules.
-    verbose : bool
-        Log each change at INFO level.
-
-    Returns
-    -------
-    sat, in_dims, fs_dims, names : lists
-        Per layer, in module order: saturation in percent, kept dimensions
-        ``k``, feature size ``d`` and the layer's name (qualified name with
-        ``.`` replaced by ``-``).
-
-    Examples
-    --------
-    >>> import torch
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), LinearPCALayer(4))
-    >>> _ = net(torch.randn(64, 4)); _ = net.eval(); _ = net(torch.randn(1, 4))
-    >>> sat, in_dims, fs_dims, names = change_all_pca_layer_thresholds(0.01, net)
-    >>> in_dims, fs_dims, names
-    ([1], [4], ['1'])
-    """
-    threshold = _check_threshold(threshold)
-    sat: list[float] = []
-    in_dims: list[int] = []
-    fs_dims: list[int] = []
-    names: list[str] = []
-    for name, layer in _pca_layers(network):
-        layer.threshold = threshold
-        sat.append(layer.sat)
-        in_dims.append(layer.in_dim)
-        fs_dims.append(layer.fs_dim)
-        names.append(name)
-        if verbose:
-            logger.info(
-                "PCA layer %s: threshold %s keeps %d of %d directions", name, threshold, layer.in_dim, layer.fs_dim
-            )
-    return sat, in_dims, fs_dims, names
-
-
-def change_all_pca_layer_thresholds_and_inject_random_directions(
-    threshold: float,
-    network: nn.Module,
-    verbose: bool = False,
-    device: Any = None,
-    include_names: bool = False,
-    *,
-    generator: torch.Generator | None = None,
-) -> tuple[list, ...]:
-    """Set every PCA layer's threshold, then swap its eigendirections for random ones.
-
-    Each layer keeps the dimension ``k`` its threshold selects but projects
-    onto ``k`` random orthonormal directions: the control experiment showing
-    that *which* directions are kept matters, not only how many.
-
-    Parameters
-    ----------
-    threshold, network, verbose
-        As in :func:`change_all_pca_layer_thresholds`.
-    device : optional
-        Accepted for delve 0.1.x scripts; the random matrices go where each
-        layer's buffers are.
-    include_names : bool
-        Also return the layer names.
-    generator : torch.Generator, optional
-        For reproducible directions.
-
-    Returns
-    -------
-    tuple
-        ``(sat, in_dims, fs_dims)``, plus ``names`` when ``include_names``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> net = torch.nn.Sequential(LinearPCALayer(4))
-    >>> _ = net(torch.randn(64, 4)); _ = net.eval(); _ = net(torch.randn(1, 4))
-    >>> sat, in_dims, fs_dims = change_all_pca_layer_thresholds_and_inject_random_directions(0.5, net)
-    >>> fs_dims
-    [4]
-    """
-    sat, in_dims, fs_dims, names = change_all_pca_layer_thresholds(threshold, network, verbose)
-    for _, layer in _pca_layers(network):
-        layer.inject_random_directions(generator)
-    if include_names:
-        return sat, in_dims, fs_dims, names
-    return sat, in_dims, fs_dims

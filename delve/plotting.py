@@ -1,287 +1,42 @@
-"""Figures of a run: per-layer profiles and layers-by-epochs heatmaps.
-
-Figures are built on matplotlib's object API with an Agg canvas, never through
-``pyplot``: nothing is registered in pyplot's global figure list, the user's
-backend is left alone, and a figure is freed as soon as it is saved, so a
-100-epoch run does not grow memory. Works headless.
+"""Draw a run's figures into a folder: the plot writer's and ``delve plot``'s job.
 
 The input is a tidy table as returned by :func:`delve.results.load_results`
-(columns epoch, mode, layer, stat, value).
+(columns epoch, mode, layer, stat, value); the figures themselves are built
+in :mod:`delve.figures`, whose functions are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.textpath import TextToPath
-from matplotlib.ticker import MaxNLocator
 
-from .io import atomic_path
-from .naming import safe_filename
+from .figures import (
+    DEFAULT_FONTSIZE,
+    axis_limits,
+    embedding_figure,
+    figure_to_rgb,
+    heatmap_figure,
+    history_figure,
+    new_figure,
+    profile_figure,
+    save_figure,
+)
+from .layout import heatmap_filename, history_filename, profile_filename
 
 __all__ = [
-    "BOUNDED_STATS",
+    "plot_results",
+    "axis_limits",
     "new_figure",
     "profile_figure",
     "heatmap_figure",
+    "history_figure",
+    "embedding_figure",
     "save_figure",
     "figure_to_rgb",
-    "plot_results",
-    "profile_filename",
-    "heatmap_filename",
-    "PROFILE_PATTERN",
 ]
-
-#: Statistics that live in [0, 1] and are drawn on a fixed 0..1 axis.
-BOUNDED_STATS = ("saturation", "average-saturation", "dormant-fraction")
-DEFAULT_FONTSIZE = 11
-#: Matches the per-epoch profile PNGs; group 1 is the epoch.
-PROFILE_PATTERN = re.compile(r"^.+_(?:train|eval)_epoch_(\d+)\.png$")
-
-
-def profile_filename(stat: str, mode: str, epoch: int) -> str:
-    """PNG name of a per-layer profile.
-
-    Examples
-    --------
-    >>> profile_filename("saturation", "train", 3)
-    'saturation_train_epoch_00003.png'
-    """
-    return f"{safe_filename(stat)}_{safe_filename(mode)}_epoch_{int(epoch):05d}.png"
-
-
-def heatmap_filename(stat: str, mode: str) -> str:
-    """PNG name of a layers-by-epochs heatmap.
-
-    Examples
-    --------
-    >>> heatmap_filename("saturation", "eval")
-    'saturation_eval_heatmap.png'
-    """
-    return f"{safe_filename(stat)}_{safe_filename(mode)}_heatmap.png"
-
-
-def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
-    """A figure with its own Agg canvas, outside pyplot.
-
-    Examples
-    --------
-    >>> new_figure(4, 3).get_size_inches().tolist()
-    [4.0, 3.0]
-    """
-    figure = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _text_width_inches(labels: Sequence[str], fontsize: float) -> float:
-    """Width of the widest label as matplotlib will draw it."""
-    if not labels:
-        return 0.0
-    measure = TextToPath()
-    font = FontProperties(size=fontsize)
-    return max(measure.get_text_width_height_descent(label, font, ismath=False)[0] for label in labels) / 72.0
-
-
-def _framed_axes(
-    labels: Sequence[str], fontsize: float, plot_width: float, rows: int, title_lines: int, right: float = 0.4
-) -> tuple[Figure, object]:
-    """A figure sized around one axes so the labels fit without a tight-bbox pass.
-
-    ``bbox_inches="tight"`` draws every figure twice; sizing the margins from
-    the measured label widths costs almost nothing.
-    """
-    em = fontsize / 72.0
-    left = 0.3 + _text_width_inches(labels, fontsize)
-    top = 0.25 + 1.35 * em * 1.1 * title_lines
-    bottom = 0.3 + 2.6 * em
-    plot_height = max(1.2, 0.34 * rows * max(1.0, fontsize / DEFAULT_FONTSIZE))
-    width, height = left + plot_width + right, bottom + plot_height + top
-    figure = new_figure(width, height)
-    axes = figure.add_axes((left / width, bottom / height, plot_width / width, plot_height / height))
-    return figure, axes
-
-
-def profile_figure(
-    values: Mapping[str, float],
-    stat: str,
-    mode: str,
-    epoch: int,
-    primary: tuple[str, float] | None = None,
-    fontsize: float = DEFAULT_FONTSIZE,
-) -> Figure:
-    """One bar per layer, in the given (forward) order, top to bottom.
-
-    Layer names are drawn in full on the vertical axis. Saturation statistics
-    use a fixed 0..1 axis so epochs compare at a glance. Non-finite values
-    (a singular covariance's log-determinant) are labelled instead of drawn.
-
-    Parameters
-    ----------
-    values : mapping
-        Layer name -> value, in forward order.
-    stat, mode : str
-        Statistic name and ``train``/``eval``, for the title.
-    epoch : int
-        Epoch shown in the title.
-    primary : (str, float), optional
-        A user metric (the writer's ``primary_metric``) shown under the title.
-    fontsize : float
-        Base font size.
-
-    Examples
-    --------
-    >>> figure = profile_figure({"conv1": 0.5, "fc": 0.25}, "saturation", "train", 3, ("test_accuracy", 0.9))
-    >>> [float(limit) for limit in figure.axes[0].get_xlim()]
-    [0.0, 1.0]
-    """
-    layers = list(values)
-    numbers = np.array([float(values[layer]) for layer in layers], dtype=np.float64)
-    finite = np.isfinite(numbers)
-    figure, axes = _framed_axes(layers, fontsize, 6.0, len(layers), 2 if primary is not None else 1, right=0.5)
-    positions = np.arange(len(layers))
-    axes.barh(positions[finite], numbers[finite], color="tab:blue", height=0.7)
-    axes.set_yticks(positions, labels=layers, fontsize=fontsize)
-    axes.set_ylim(len(layers) - 0.5, -0.5)
-    axes.tick_params(axis="x", labelsize=fontsize * 0.9)
-    bounded = stat in BOUNDED_STATS
-    if bounded:
-        axes.set_xlim(0.0, 1.0)
-    elif finite.any():
-        low, high = min(0.0, float(numbers[finite].min())), max(0.0, float(numbers[finite].max()))
-        pad = 0.12 * (high - low) or 1.0
-        axes.set_xlim(low - (pad if low < 0 else 0.0), high + pad)
-    for position, number, ok in zip(positions, numbers, finite):
-        # Labels sit just past the bar's end; a full saturation bar gets its
-        # label inside, since the axis stops at 1.
-        inside = ok and bounded and number > 0.85
-        if inside or (ok and number < 0):
-            align, label = "right", f"{_format(number)} "
-        else:
-            align, label = "left", f" {_format(number)}"
-        axes.text(
-            number if ok else 0.0,
-            position,
-            label,
-            va="center",
-            ha=align,
-            fontsize=fontsize * 0.8,
-            color="white" if inside else "black",
-            clip_on=False,
-        )
-    axes.set_xlabel(stat, fontsize=fontsize)
-    axes.grid(axis="x", alpha=0.3)
-    axes.set_axisbelow(True)
-    title = f"{stat} ({mode}), epoch {epoch}"
-    if primary is not None:
-        title += f"\n{primary[0]} = {_format(primary[1])}"
-    axes.set_title(title, fontsize=fontsize * 1.1)
-    return figure
-
-
-def heatmap_figure(history: pd.DataFrame, stat: str, mode: str, fontsize: float = DEFAULT_FONTSIZE) -> Figure:
-    """Layers (rows, forward order) by epochs (columns), coloured by value.
-
-    Saturation statistics use a fixed 0..1 colour scale. Epochs missing from
-    ``history`` are left blank.
-
-    Parameters
-    ----------
-    history : pandas.DataFrame
-        Index: layer names; columns: epochs; cells: values.
-
-    Examples
-    --------
-    >>> history = pd.DataFrame({0: [0.2, 0.9], 1: [0.3, 0.8]}, index=["conv1", "fc"])
-    >>> figure = heatmap_figure(history, "saturation", "train")
-    >>> figure.axes[0].images[0].get_clim()
-    (0.0, 1.0)
-    """
-    epochs = [int(epoch) for epoch in history.columns]
-    first, last = (min(epochs), max(epochs)) if epochs else (0, 0)
-    full = history.reindex(columns=range(first, last + 1))
-    data = np.ma.masked_invalid(full.to_numpy(dtype=np.float64))
-    layers = [str(layer) for layer in history.index]
-    width = min(14.0, max(4.0, 0.12 * (last - first + 1) + 3.0))
-    figure, axes = _framed_axes(layers, fontsize, width, len(layers), 1, right=1.3)
-    limits = {"vmin": 0.0, "vmax": 1.0} if stat in BOUNDED_STATS else {}
-    image = axes.imshow(
-        data,
-        aspect="auto",
-        interpolation="nearest",
-        cmap="viridis",
-        extent=(first - 0.5, last + 0.5, len(layers) - 0.5, -0.5),
-        **limits,
-    )
-    axes.set_yticks(np.arange(len(layers)), labels=layers, fontsize=fontsize)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
-    axes.tick_params(axis="x", labelsize=fontsize * 0.9)
-    axes.set_xlabel("epoch", fontsize=fontsize)
-    axes.set_title(f"{stat} ({mode}) per layer and epoch", fontsize=fontsize * 1.1)
-    box = axes.get_position()
-    figure_width = figure.get_size_inches()[0]
-    colorbar_axes = figure.add_axes((box.x1 + 0.15 / figure_width, box.y0, 0.18 / figure_width, box.height))
-    colorbar = figure.colorbar(image, cax=colorbar_axes)
-    colorbar_axes.tick_params(labelsize=fontsize * 0.8)
-    colorbar.set_label(stat, fontsize=fontsize)
-    return figure
-
-
-def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``figure`` as PNG atomically; the figure is cleared afterwards.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> path = save_figure(new_figure(2, 2), os.path.join(tempfile.mkdtemp(), "f.png"))
-    >>> path.stat().st_size > 0
-    True
-    """
-    target = Path(path)
-    try:
-        with atomic_path(target) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi)
-    finally:
-        figure.clear()
-    return target
-
-
-def figure_to_rgb(figure: Figure) -> np.ndarray:
-    """Render a figure to an ``(H, W, 3)`` uint8 array (for TensorBoard images).
-
-    Examples
-    --------
-    >>> figure_to_rgb(new_figure(2, 1, dpi=50)).shape
-    (50, 100, 3)
-    """
-    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
-    canvas.draw()
-    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    figure.clear()
-    return rgb
-
-
-def _format(value: float) -> str:
-    if math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return "-inf" if value < 0 else "inf"
-    if float(value).is_integer() and abs(value) < 1e6:
-        return str(int(value))
-    return f"{value:.3g}"
-
-
-def _layer_values(results: pd.DataFrame) -> pd.DataFrame:
-    return results[results["layer"].notna() & results["mode"].notna()]
 
 
 def plot_results(
@@ -297,12 +52,14 @@ def plot_results(
     For every selected epoch and every (statistic, mode) with per-layer
     values: a profile ``<stat>_<mode>_epoch_<NNNNN>.png``. For every mode
     of each statistic in ``heatmap_stats``: ``<stat>_<mode>_heatmap.png``
-    over all epochs of ``results``.
+    over all epochs of ``results``. For every value over all layers (the
+    average saturation): ``<stat>_history.png`` over all epochs, both modes
+    in one figure. File names are :mod:`delve.layout`'s.
 
     Parameters
     ----------
     results : pandas.DataFrame
-        Tidy table (see :mod:`delve.results`).
+        Tidy table (see :mod:`delve.tables`).
     out_dir : str or path
         Folder for the PNGs (created if needed).
     epochs : "last", "all" or list of int
@@ -325,31 +82,40 @@ def plot_results(
     if isinstance(epochs, str) and epochs not in ("last", "all"):
         raise ValueError(f"epochs must be 'last', 'all' or a list of ints, got {epochs!r}")
     out = Path(out_dir)
-    per_layer = _layer_values(results)
-    if per_layer.empty:
-        return []
-    if epochs == "last":
-        selected = [int(per_layer["epoch"].max())]
-    elif epochs == "all":
-        selected = sorted({int(epoch) for epoch in per_layer["epoch"]})
-    else:
-        selected = sorted({int(epoch) for epoch in epochs})
+    has_mode = results["mode"].notna()
+    per_layer = results[results["layer"].notna() & has_mode]
+    per_mode = results[results["layer"].isna() & has_mode]
     written: list[Path] = []
-    for epoch in selected:
-        current = per_layer[per_layer["epoch"] == epoch]
-        primary = _primary(results, epoch, primary_metric)
-        for (stat, mode), group in current.groupby(["stat", "mode"], sort=False):
-            values = dict(zip(group["layer"], group["value"]))
-            figure = profile_figure(values, str(stat), str(mode), epoch, primary, fontsize)
-            written.append(save_figure(figure, out / profile_filename(str(stat), str(mode), epoch)))
-    for stat in heatmap_stats:
-        chosen = per_layer[per_layer["stat"] == stat]
-        for mode, group in chosen.groupby("mode", sort=False):
-            history = group.pivot_table(index="layer", columns="epoch", values="value", aggfunc="last", sort=False)
-            history = history.reindex(index=list(dict.fromkeys(group["layer"])))
-            figure = heatmap_figure(history, stat, str(mode), fontsize)
-            written.append(save_figure(figure, out / heatmap_filename(stat, str(mode))))
+    if not per_layer.empty:
+        for epoch in _selected_epochs(per_layer, epochs):
+            current = per_layer[per_layer["epoch"] == epoch]
+            primary = _primary(results, epoch, primary_metric)
+            for (stat, mode), group in current.groupby(["stat", "mode"], sort=False):
+                values = dict(zip(group["layer"], group["value"]))
+                figure = profile_figure(values, str(stat), str(mode), epoch, primary, fontsize)
+                written.append(save_figure(figure, out / profile_filename(str(stat), str(mode), epoch)))
+        for stat in heatmap_stats:
+            chosen = per_layer[per_layer["stat"] == stat]
+            for mode, group in chosen.groupby("mode", sort=False):
+                history = group.pivot_table(index="layer", columns="epoch", values="value", aggfunc="last", sort=False)
+                history = history.reindex(index=list(dict.fromkeys(group["layer"])))
+                figure = heatmap_figure(history, stat, str(mode), fontsize)
+                written.append(save_figure(figure, out / heatmap_filename(stat, str(mode))))
+    for stat, group in per_mode.groupby("stat", sort=False):
+        lines = {
+            str(mode): rows.groupby("epoch")["value"].last().sort_index()
+            for mode, rows in group.groupby("mode", sort=False)
+        }
+        written.append(save_figure(history_figure(lines, str(stat), fontsize), out / history_filename(str(stat))))
     return written
+
+
+def _selected_epochs(per_layer: pd.DataFrame, epochs: str | Sequence[int]) -> list[int]:
+    if epochs == "last":
+        return [int(per_layer["epoch"].max())]
+    if epochs == "all":
+        return sorted({int(epoch) for epoch in per_layer["epoch"]})
+    return sorted({int(epoch) for epoch in epochs})
 
 
 def _primary(results: pd.DataFrame, epoch: int, name: str | None) -> tuple[str, float] | None:

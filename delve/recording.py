@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from .covariance import TorchCovarianceMatrix, to_device
+from .covariance import TorchCovarianceMatrix
+from .kernels import to_device
 from .observations import ObservationConfig, observe
 from .sampling import ReservoirSample
 from .statistics import FeatureAccumulator
@@ -200,8 +202,17 @@ class LayerRecorder:
                 for mode, state in self.modes.items()
             }
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Restore what :meth:`state_dict` produced."""
+    def restart_counters(self) -> None:
+        """A new epoch for ``log_interval`` and ``max_samples`` while the accumulators keep their rows."""
+        with self.lock:
+            for state in self.modes.values():
+                state.forward_calls = 0
+                state.rows_offered = 0
+
+    def load_state_dict(self, state_dict: dict, device: torch.device | None = None) -> None:
+        """Restore what :meth:`state_dict` produced; the state goes to ``device`` when given."""
+        if device is not None:
+            state_dict = _to(state_dict, device)
         with self.lock:
             self.modes.clear()
             for mode, saved in state_dict.items():
@@ -214,6 +225,20 @@ class LayerRecorder:
                 for key, extra_state in saved.get("extras", {}).items():
                     if key in state.extras:
                         state.extras[key].load_state_dict(extra_state)
+
+
+def _to(state: Any, device: torch.device) -> Any:
+    """``state`` with its floating tensors on ``device``.
+
+    Counters stay where they are (they are read as Python ints, or placed
+    beside their data by the accumulator that loads them), and so do
+    generator states, which are CPU byte tensors wherever the generator is.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.to(device) if state.is_floating_point() else state
+    if isinstance(state, dict):
+        return {key: _to(value, device) for key, value in state.items()}
+    return state
 
 
 def _autocast_enabled(device_type: str) -> bool:

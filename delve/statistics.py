@@ -1,25 +1,19 @@
-"""The statistics a tracker can log, keyed as in ``stats=[...]``.
+"""The statistics a tracker can log: one :class:`Statistic` record each, keyed as in ``stats=[...]``.
 
-Each :class:`Statistic` turns a :class:`LayerSummary` (the covariance, its one
-shared eigendecomposition and whatever else was accumulated) into a value. The
-logged name of a value is ``<mode>-<statistic name>_<layer>``, see
-:func:`delve.naming.value_name`.
+A record carries everything about its statistic: the key and logged name, the
+function that computes it from a :class:`LayerSummary` (the covariance, its one
+shared eigendecomposition and whatever else was accumulated), its bounds,
+whether it is averaged over layers, whether higher is better, and the extra
+accumulator it needs with that accumulator's merge across ranks. Everything
+else (averages, plot axes, recomputation from saved covariances, TensorBoard
+sections, the tables below) is derived from the registry :data:`STATISTICS`,
+so a statistic registered with :func:`register_statistic` appears in every
+writer. The logged name of a value is ``<mode>-<statistic name>_<layer>``
+(see :mod:`delve.naming`).
 
-=========  ================================  ====================================================
-key        logged name                       value
-=========  ================================  ====================================================
-``lsat``   ``saturation``                    intrinsic dimensionality / feature size
-``idim``   ``intrinsic-dimensionality``      smallest k explaining ``sat_threshold``
-``cov``    ``covariance-matrix``             the (d, d) covariance (arrays, not in CSV)
-``det``    ``covariance-log-determinant``    natural log of det(Q), see metrics
-``trc``    ``covariance-trace``              sum of the diagonal of Q
-``dtrc``   ``diagonal-trace``                sum of the eigenvalues of Q
-``embed``  ``embedded-sample``               reservoir sample on the top-2 eigenvectors
-``erank``  ``effective-rank``                exp of the entropy of the normalised eigenvalues
-``pr``     ``participation-ratio``           (sum of eigenvalues)^2 / sum of squared eigenvalues
-``alpha``  ``spectral-decay``                power-law decay exponent of the eigenvalues (alpha-ReQ)
-``dorm``   ``dormant-fraction``              share of units with mean abs(x) <= 0.025 x the layer's mean
-=========  ================================  ====================================================
+The table of built-in statistics (derived from the registry when the module
+is imported):
+
 """
 
 from __future__ import annotations
@@ -33,6 +27,7 @@ import torch
 
 from . import metrics
 from .activity import DEFAULT_DORMANT_TAU, MeanAbsoluteActivity, dormant_fraction
+from .compat import strip_mode_suffix
 from .metrics import Spectrum
 
 __all__ = [
@@ -40,9 +35,16 @@ __all__ = [
     "LayerSummary",
     "Statistic",
     "STATISTICS",
+    "NONFINITE_BATCHES",
     "register_statistic",
     "resolve_stats",
+    "statistic_names",
+    "by_name",
+    "statistics_table",
 ]
+
+#: Logged per layer and mode by the tracker itself: batches left out for NaN or Inf.
+NONFINITE_BATCHES = "nonfinite-batches"
 
 
 class FeatureAccumulator(Protocol):
@@ -54,19 +56,24 @@ class FeatureAccumulator(Protocol):
     verdict on the batch (``False`` when it held NaN or Inf): a Python bool on
     a CPU, a 0-d bool tensor on accelerators. Honour it, so that every
     statistic of a layer rests on the same rows.
+
+    ``merge`` adds another instance's rows in place (an epoch put back after a
+    failed computation); ``merged_across_ranks`` returns a new instance
+    holding the rows of every ``torch.distributed`` rank, given the layer's
+    feature size (a rank that saw no rows passes a fresh instance).
     """
 
     def update(self, rows: torch.Tensor, accepted: bool | torch.Tensor) -> None: ...
 
     def reset(self) -> None: ...
 
+    def merge(self, other: Any) -> Any: ...
+
+    def merged_across_ranks(self, num_features: int, group: Any = None) -> Any: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def merge(self, other: Any) -> Any:
-        """Add another instance's rows, in place (used to put an epoch back when computing it failed)."""
-        ...
 
 
 @dataclass
@@ -106,31 +113,77 @@ class LayerSummary:
 
 @dataclass(frozen=True)
 class Statistic:
-    """One loggable statistic.
+    """One loggable statistic, with every fact about it.
 
     Attributes
     ----------
     key : str
         The short key used in ``stats=[...]``.
     name : str
-        The name used in logged value names and file names.
+        The name used in logged value names and file names (no ``_``).
     compute : callable
         ``LayerSummary -> float | np.ndarray``.
+    description : str
+        One line on what the value is (tables, documentation).
+    bounds : (float or None, float or None)
+        Lowest and highest possible value; ``None`` where unbounded. A
+        statistic bounded on both sides is drawn on a fixed axis.
+    averaged : bool
+        ``average_sat=True`` also logs ``<mode>-average-<name>``, its mean
+        over layers; ``layerwise_sat=False`` keeps only that mean.
+    higher_is_better : bool or None
+        Which direction is good news, where one is (``None``: neither).
     needs_vectors : bool
         Whether it needs eigenvectors (``eigh`` instead of ``eigvalsh``).
+    needs_sample : bool
+        Whether it reads the reservoir sample of rows (``summary.sample``).
     scalar : bool
         ``False`` for arrays, which only array-capable writers store.
     accumulator : callable, optional
         Factory of a :class:`FeatureAccumulator` fed on every recorded batch;
         the statistic finds it as ``summary.extras[key]``.
+
+    Examples
+    --------
+    >>> top = Statistic("top", "top-eigenvalue", lambda s: float(s.spectrum.values[0]), bounds=(0.0, None))
+    >>> top.bounded, top.from_covariance
+    (False, True)
     """
 
     key: str
     name: str
     compute: Callable[[LayerSummary], Any]
+    description: str = ""
+    bounds: tuple[float | None, float | None] = (None, None)
+    averaged: bool = False
+    higher_is_better: bool | None = None
     needs_vectors: bool = False
+    needs_sample: bool = False
     scalar: bool = True
     accumulator: Callable[[], FeatureAccumulator] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key or self.key.endswith("_eval"):
+            raise ValueError(f"statistic keys must be non-empty strings not ending in '_eval', got {self.key!r}")
+        if not isinstance(self.name, str) or not self.name or "_" in self.name:
+            raise ValueError(f"statistic names must be non-empty and may not contain '_': {self.name!r}")
+        if not callable(self.compute):
+            raise ValueError(f"compute of statistic {self.key!r} must be callable")
+
+    @property
+    def bounded(self) -> bool:
+        """Bounded on both sides: drawn on a fixed axis."""
+        return self.bounds[0] is not None and self.bounds[1] is not None
+
+    @property
+    def average_name(self) -> str:
+        """Logged name of its mean over layers (with ``averaged``)."""
+        return f"average-{self.name}"
+
+    @property
+    def from_covariance(self) -> bool:
+        """Whether a saved covariance matrix is all it needs (it can be recomputed later)."""
+        return self.scalar and self.accumulator is None and not self.needs_sample
 
 
 def _embed(summary: LayerSummary) -> np.ndarray:
@@ -149,12 +202,12 @@ STATISTICS: dict[str, Statistic] = {}
 
 
 def register_statistic(statistic: Statistic, replace: bool = False) -> Statistic:
-    """Make a statistic available under its key in ``stats=[...]``.
+    """Make a statistic available under its key in ``stats=[...]`` and in every writer.
 
     Parameters
     ----------
     statistic : Statistic
-        The record; its ``name`` may not contain ``_``.
+        The record.
     replace : bool
         Allow replacing a statistic already registered under the same key
         (built-ins included); without it a duplicate key raises.
@@ -162,7 +215,8 @@ def register_statistic(statistic: Statistic, replace: bool = False) -> Statistic
     Raises
     ------
     ValueError
-        If the key is taken and ``replace`` is false, or the name holds ``_``.
+        If the key is taken and ``replace`` is false, or another statistic
+        already logs under the same name.
 
     Examples
     --------
@@ -173,33 +227,105 @@ def register_statistic(statistic: Statistic, replace: bool = False) -> Statistic
     ['lsat', 'top']
     >>> del STATISTICS["top"]  # keep the doctest from changing the global registry
     """
-    if "_" in statistic.name:
-        raise ValueError(f"statistic names may not contain '_': {statistic.name!r}")
-    if statistic.key in STATISTICS and not replace:
+    if not isinstance(statistic, Statistic):
+        raise ValueError(f"expected a delve.statistics.Statistic, got {type(statistic).__name__}")
+    existing = STATISTICS.get(statistic.key)
+    if existing is not None and not replace:
         raise ValueError(
             f"a statistic is already registered under the key {statistic.key!r} "
-            f"({STATISTICS[statistic.key].name!r}); pass replace=True to replace it"
+            f"({existing.name!r}); pass replace=True to replace it"
         )
+    clash = by_name(statistic.name)
+    if clash is not None and clash.key != statistic.key:
+        raise ValueError(f"statistic {clash.key!r} already logs under the name {statistic.name!r}")
     STATISTICS[statistic.key] = statistic
     return statistic
 
 
+def by_name(name: str) -> Statistic | None:
+    """The statistic logged under ``name`` (or whose layer average is ``name``), if any.
+
+    Examples
+    --------
+    >>> by_name("average-saturation").key, by_name("test_accuracy") is None
+    ('lsat', True)
+    """
+    for statistic in STATISTICS.values():
+        if name in (statistic.name, statistic.average_name):
+            return statistic
+    return None
+
+
 for _statistic in (
-    Statistic("lsat", "saturation", lambda s: metrics.saturation(s.spectrum.values, s.threshold)),
+    Statistic(
+        "lsat",
+        "saturation",
+        lambda s: metrics.saturation(s.spectrum.values, s.threshold),
+        "k / d, in [0, 1]",
+        bounds=(0.0, 1.0),
+        averaged=True,
+    ),
     Statistic(
         "idim",
         "intrinsic-dimensionality",
         lambda s: metrics.intrinsic_dimensionality(s.spectrum.values, s.threshold),
+        "k: the fewest eigen-directions holding sat_threshold (0.99) of the variance",
+        bounds=(0.0, None),
     ),
-    Statistic("cov", "covariance-matrix", lambda s: s.covariance.cpu().numpy(), scalar=False),
-    Statistic("det", "covariance-log-determinant", lambda s: metrics.log_determinant(s.spectrum.values)),
-    Statistic("trc", "covariance-trace", lambda s: metrics.covariance_trace(s.covariance)),
-    Statistic("dtrc", "diagonal-trace", lambda s: metrics.diagonal_trace(s.spectrum.values)),
-    Statistic("embed", "embedded-sample", _embed, needs_vectors=True, scalar=False),
-    Statistic("erank", "effective-rank", lambda s: metrics.effective_rank(s.spectrum.values)),
-    Statistic("pr", "participation-ratio", lambda s: metrics.participation_ratio(s.spectrum.values)),
-    Statistic("alpha", "spectral-decay", lambda s: metrics.spectral_decay_exponent(s.spectrum.values)),
-    Statistic("dorm", "dormant-fraction", _dormant, accumulator=MeanAbsoluteActivity),
+    Statistic("cov", "covariance-matrix", lambda s: s.covariance.cpu().numpy(), "Q itself (array)", scalar=False),
+    Statistic("det", "covariance-log-determinant", lambda s: metrics.log_determinant(s.spectrum.values), "ln det(Q)"),
+    Statistic(
+        "trc",
+        "covariance-trace",
+        lambda s: metrics.covariance_trace(s.covariance),
+        "sum of the diagonal of Q",
+        bounds=(0.0, None),
+    ),
+    Statistic(
+        "dtrc",
+        "diagonal-trace",
+        lambda s: metrics.diagonal_trace(s.spectrum.values),
+        "sum of the eigenvalues of Q",
+        bounds=(0.0, None),
+    ),
+    Statistic(
+        "embed",
+        "embedded-sample",
+        _embed,
+        "sampled outputs on the top two eigenvectors (array)",
+        needs_vectors=True,
+        needs_sample=True,
+        scalar=False,
+    ),
+    Statistic(
+        "erank",
+        "effective-rank",
+        lambda s: metrics.effective_rank(s.spectrum.values),
+        "exp of the entropy of the normalised eigenvalues",
+        bounds=(0.0, None),
+    ),
+    Statistic(
+        "pr",
+        "participation-ratio",
+        lambda s: metrics.participation_ratio(s.spectrum.values),
+        "(sum of eigenvalues)² / sum of their squares",
+        bounds=(0.0, None),
+    ),
+    Statistic(
+        "alpha",
+        "spectral-decay",
+        lambda s: metrics.spectral_decay_exponent(s.spectrum.values),
+        "power-law decay exponent of the eigenvalues",
+    ),
+    Statistic(
+        "dorm",
+        "dormant-fraction",
+        _dormant,
+        "share of units with near-zero mean output",
+        bounds=(0.0, 1.0),
+        higher_is_better=False,
+        accumulator=MeanAbsoluteActivity,
+    ),
 ):
     register_statistic(_statistic)
 
@@ -223,7 +349,7 @@ def resolve_stats(stats: str | Iterable[str]) -> list[str]:
             raise ValueError(
                 f"stats entries must be strings, got {entry!r}; accepted keys: {', '.join(sorted(STATISTICS))}"
             )
-        key = entry[: -len("_eval")] if entry.endswith("_eval") else entry
+        key = strip_mode_suffix(entry)
         if key not in STATISTICS:
             accepted = ", ".join(sorted(STATISTICS))
             raise ValueError(
@@ -238,5 +364,31 @@ def resolve_stats(stats: str | Iterable[str]) -> list[str]:
 
 
 def statistic_names(keys: Iterable[str]) -> Mapping[str, str]:
-    """Map keys to their logged names."""
+    """Map keys to their logged names.
+
+    Examples
+    --------
+    >>> statistic_names(["lsat"])
+    {'lsat': 'saturation'}
+    """
     return {key: STATISTICS[key].name for key in keys}
+
+
+def statistics_table() -> str:
+    """The registry as a reStructuredText table: key, logged name, value.
+
+    Examples
+    --------
+    >>> print(statistics_table().splitlines()[1])
+    key  logged as  value
+    """
+    rows = [("key", "logged as", "value")] + [
+        (f"``{s.key}``", f"``{s.name}``", s.description) for s in STATISTICS.values()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rule = "  ".join("=" * width for width in widths)
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([rule, lines[0], rule, *lines[1:], rule])
+
+
+__doc__ = (__doc__ or "") + statistics_table() + "\n"

@@ -11,7 +11,7 @@ from conftest import np_cov, rel_fro
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delve import EmptyCovarianceError, TorchCovarianceMatrix
+from delve import EmptyCovarianceError, TorchCovarianceMatrix, kernels
 from delve.torch_utils import TorchCovarianceMatrix as LegacyTorchCovarianceMatrix
 
 
@@ -219,26 +219,19 @@ def test_nonfinite_batch_is_rejected_and_counted():
     np.testing.assert_allclose(acc.fix().numpy(), np_cov(np.concatenate([good, good + 1])), rtol=1e-13)
 
 
-class _DeviceCountersOnCPU(TorchCovarianceMatrix):
-    """Runs the accelerator merge path (counters kept on the device) on the CPU."""
-
-    def _allocate(self, d, device):
-        super()._allocate(d, device)
-        self._device_count = torch.zeros((), dtype=torch.int64)
-        self._device_rejected = torch.zeros((), dtype=torch.int64)
-
-
-def test_device_side_merge_path_matches_numpy():
+def test_device_side_merge_path_matches_numpy(monkeypatch):
+    # Runs the accelerator merge path (counters kept on the device) on the CPU.
+    monkeypatch.setattr(kernels, "decides_on_device", lambda device: True)
     rng = np.random.default_rng(11)
     batches = [correlated_data(rng, n, 5, 1e4, np.float64) for n in (17, 1, 40)]
     bad = batches[0].copy()
     bad[0, 0] = np.inf
-    acc = feed(_DeviceCountersOnCPU(), [batches[0], bad, batches[1], batches[2]])
+    acc = feed(TorchCovarianceMatrix(), [batches[0], bad, batches[1], batches[2]])
     assert acc.count == 58
     assert acc.rejected_batches == 1
     assert rel_fro(acc.fix().numpy(), np_cov(np.concatenate(batches))) < 1e-12
     # merge() and state_dict() keep the device counters in step.
-    other = feed(_DeviceCountersOnCPU(), [batches[2]])
+    other = feed(TorchCovarianceMatrix(), [batches[2]])
     acc.merge(other)
     assert acc.count == 98
     assert rel_fro(acc.fix().numpy(), np_cov(np.concatenate([*batches, batches[2]]))) < 1e-12

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from delve import SaturationTracker, covariance
+from delve import SaturationTracker, kernels
 from delve.activity import MeanAbsoluteActivity
 from delve.statistics import STATISTICS, Statistic, register_statistic
 
@@ -24,10 +24,10 @@ ROUTES = ["cpu", "cpu-sliced", "device", "device-sliced"]
 
 def force_route(monkeypatch, route: str) -> None:
     if route.endswith("sliced"):
-        monkeypatch.setattr(covariance, "_SLICE_BYTES", 4096)
-        monkeypatch.setattr(covariance, "_DEVICE_SLICE_BYTES", 4096)
+        monkeypatch.setattr(kernels, "SLICE_BYTES", 4096)
+        monkeypatch.setattr(kernels, "DEVICE_SLICE_BYTES", 4096)
     if route.startswith("device"):
-        monkeypatch.setattr(covariance, "_decides_on_device", lambda device: True)
+        monkeypatch.setattr(kernels, "decides_on_device", lambda device: True)
 
 
 @pytest.fixture

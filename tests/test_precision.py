@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-import delve.covariance as covariance
+import delve.kernels as kernels
 from delve import SaturationTracker, TorchCovarianceMatrix
 from delve.observations import ObservationConfig, observe_conv
 
@@ -70,13 +70,10 @@ def feed(acc: TorchCovarianceMatrix, batches: list[torch.Tensor]) -> TorchCovari
     return acc
 
 
-class SyncFreeOnCPU(TorchCovarianceMatrix):
+@pytest.fixture
+def sync_free(monkeypatch):
     """Runs the accelerator code path (no host synchronisation) on a CPU."""
-
-    def _allocate(self, d: int, device: torch.device) -> None:
-        super()._allocate(d, device)
-        self._device_count = torch.zeros((), dtype=torch.int64)
-        self._device_rejected = torch.zeros((), dtype=torch.int64)
+    monkeypatch.setattr(kernels, "decides_on_device", lambda device: True)
 
 
 CASES = {
@@ -126,7 +123,7 @@ def test_fast_mode_accepts_half_precision_outputs():
 @pytest.mark.parametrize("precision, bound", [("float64", EXACT_BOUND), ("float32", FAST_BOUND)])
 def test_batches_merged_in_slices_match_numpy(monkeypatch, precision, bound):
     """Large batches are merged slice by slice; forcing tiny slices must not change the result."""
-    monkeypatch.setattr(covariance, "_SLICE_BYTES", 2048)
+    monkeypatch.setattr(kernels, "SLICE_BYTES", 2048)
     batches = conv_batches(16, 8, 2, 10.0) + linear_batches(16, [200, 3], 10.0)
     expected = reference_cov(np.concatenate([as_rows(b) for b in batches]))
     acc = feed(TorchCovarianceMatrix(precision=precision), batches)
@@ -138,7 +135,7 @@ def test_batches_merged_in_slices_match_numpy(monkeypatch, precision, bound):
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 def test_a_sliced_batch_with_one_nan_is_left_out_whole(monkeypatch, precision, bound, poison):
     """Earlier slices of a poisoned batch are undone: state, count and mean as before it."""
-    monkeypatch.setattr(covariance, "_SLICE_BYTES", 2048)
+    monkeypatch.setattr(kernels, "SLICE_BYTES", 2048)
     good, bad = conv_batches(16, 8, 2, 0.0)
     bad = bad.clone()
     bad[7, 63, 15] = poison  # in the last slice
@@ -153,7 +150,7 @@ def test_a_sliced_batch_with_one_nan_is_left_out_whole(monkeypatch, precision, b
 
 def test_a_sliced_wide_batch_with_one_nan_is_left_out_whole(monkeypatch):
     """Fewer rows than features: the batch is checked before any slice is merged."""
-    monkeypatch.setattr(covariance, "_SLICE_BYTES", 2048)
+    monkeypatch.setattr(kernels, "SLICE_BYTES", 2048)
     good, bad = linear_batches(520, [300, 300], 1.0)
     bad[299, 5] = float("nan")
     acc = feed(TorchCovarianceMatrix(), [good, bad])
@@ -197,13 +194,13 @@ def test_constant_channel_has_exactly_zero_covariance(precision):
 
 
 @pytest.mark.parametrize("precision, bound", [("float64", EXACT_BOUND), ("float32", FAST_BOUND)])
-def test_sync_free_accelerator_path_matches_numpy(precision, bound):
+def test_sync_free_accelerator_path_matches_numpy(sync_free, precision, bound):
     """The update used on GPUs (decisions kept on the device) gives the same covariance."""
     batches = CASES["conv-c24"](5.0) + linear_batches(24, [100, 7], 5.0)
     poisoned = batches[1].clone()
     poisoned[0, 0, 0] = float("inf")
     expected = reference_cov(np.concatenate([as_rows(b) for b in batches]))
-    acc = feed(SyncFreeOnCPU(precision=precision), [batches[0], poisoned, *batches[1:]])
+    acc = feed(TorchCovarianceMatrix(precision=precision), [batches[0], poisoned, *batches[1:]])
     assert acc.count == sum(as_rows(b).shape[0] for b in batches)
     assert acc.rejected_batches == 1
     assert rel_error(acc.fix(), expected) <= bound
@@ -251,7 +248,7 @@ def test_max_positions_is_validated(bad):
 
 def test_one_large_feature_map_is_sliced_along_its_positions(monkeypatch):
     """A batch of one image larger than a slice is split along its positions, still exactly."""
-    monkeypatch.setattr(covariance, "_SLICE_BYTES", 4096)
+    monkeypatch.setattr(kernels, "SLICE_BYTES", 4096)
     (rows,) = conv_batches(8, 20, 1, 3.0)
     single = rows[:1]  # (1, 400, 8): one image, 25 kB in float64
     acc = feed(TorchCovarianceMatrix(), [single])

@@ -29,9 +29,19 @@ def state_tensors(tracker: SaturationTracker) -> Iterator[tuple[str, torch.Tenso
             for owner_name, owner in owners.items():
                 if owner is None:
                     continue
-                for attribute, value in vars(owner).items():
+                for attribute, value in _attributes(owner):
                     if isinstance(value, torch.Tensor) and value.dtype != GENERATOR_STATE:
                         yield f"{name}/{mode}/{owner_name}.{attribute}", value
+
+
+def _attributes(owner: object) -> Iterator[tuple[str, object]]:
+    """An object's attributes, and those of the plain objects it holds (one level down)."""
+    for attribute, value in vars(owner).items():
+        if hasattr(value, "__dict__") and not isinstance(value, (torch.Tensor, torch.device, torch.Generator)):
+            for inner, inner_value in vars(value).items():
+                yield f"{attribute}.{inner}", inner_value
+        else:
+            yield attribute, value
 
 
 def model() -> nn.Module:

@@ -4,7 +4,11 @@ A tracker talks to its writers through four calls per epoch: ``add_scalar`` for
 every scalar value (statistics and user scalars alike), ``add_array`` for array
 statistics (``cov``, ``embed``), ``save`` once the epoch is complete, and
 ``close`` at the end. ``resume_from_saved_state`` is called once, before any
-value, when a run continues from ``initial_epoch > 0``.
+value, when a run continues from ``initial_epoch > 0``. ``record_run`` hands
+over, once, the :class:`~delve.naming.RunRecord` of the tracker (its layers and
+statistic names): a writer reads a name as a per-layer value only when the
+record describes it (see :func:`delve.naming.classify`), so user scalars that
+happen to look like ``<mode>-<stat>_<layer>`` stay user scalars.
 
 Writers create nothing on disk before their first ``save``, so a tracker that
 is built and dropped, or one with ``nosave=True``, leaves no files behind.
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
+from ..naming import RunRecord
 
 __all__ = ["AbstractWriter", "CompositeWriter", "CompositWriter", "WriterError", "writing"]
 
@@ -84,8 +90,15 @@ class AbstractWriter(ABC):
     [(0, 'train-loss', 0.5)]
     """
 
+    #: What the tracker logs, from :meth:`record_run`; ``None`` for a writer used on its own.
+    run_record: RunRecord | None = None
+
     def __init__(self, savepath: str = "", **kwargs: Any) -> None:
         self.savepath = str(savepath)
+
+    def record_run(self, record: RunRecord) -> None:
+        """Learn which names are the tracker's per-layer values (called once, before any value)."""
+        self.run_record = record
 
     @abstractmethod
     def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
@@ -183,6 +196,36 @@ class CompositeWriter(AbstractWriter):
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
         self._each("resume_from_saved_state", initial_epoch)
+
+    def record_run(self, record: RunRecord) -> None:
+        super().record_run(record)
+        self._each("record_run", record)
+
+    def write_epoch(self, values: Mapping[str, Any], epoch: int, save: bool = True) -> None:
+        """Hand one epoch's values to every writer (arrays through ``add_array``), then save."""
+        for name, value in values.items():
+            if isinstance(value, np.ndarray):
+                self.add_array(name, value, epoch)
+            else:
+                self.add_scalar(name, value, epoch)
+        if save:
+            self.save()
+
+    def forwarded(self, name: str, epoch: int) -> Callable[..., None] | None:
+        """A call of ``name`` (``add_image``, ...) on every writer that has it, ``epoch`` as default.
+
+        ``None`` when no writer has such a method.
+        """
+        writers = [writer for writer in self.writers if hasattr(writer, name)]
+        if not writers:
+            return None
+
+        def forward(*args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("epoch", epoch)
+            for writer in writers:
+                getattr(writer, name)(*args, **kwargs)
+
+        return forward
 
 
 #: The 0.1.x spelling, kept so existing imports work.

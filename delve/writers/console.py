@@ -8,6 +8,8 @@ from typing import IO, Any
 import pandas as pd
 from tqdm import tqdm
 
+from ..report import format_summary
+from ..tables import tidy
 from .base import AbstractWriter
 
 __all__ = ["PrintWriter"]
@@ -49,9 +51,7 @@ class PrintWriter(AbstractWriter):
         self._values.setdefault(epoch, {})[name] = float(value)
 
     def save(self) -> None:
-        from ..results import format_summary, tidy  # results imports the writers package
-
         for epoch, values in sorted(self._values.items()):
             frame = pd.DataFrame([values], index=pd.Index([epoch], name="epoch"))
-            tqdm.write(format_summary(tidy(frame)), file=self.file or sys.stdout)
+            tqdm.write(format_summary(tidy(frame, self.run_record)), file=self.file or sys.stdout)
         self._values.clear()

@@ -1,4 +1,4 @@
-"""CSV output: ``<savepath>.csv``, ``;``-separated, one row per epoch."""
+"""CSV output: ``<savepath>.csv``, ``;``-separated, one row per epoch, and the run record beside it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from ..io import atomic_write
-from . import layout
+from ..formats.csv import read_csv, write_csv
+from ..formats.record import write_record
+from ..layout import csv_path, record_path
+from ..naming import RunRecord
 from .base import AbstractWriter, WriterError, writing
 
 __all__ = ["CSVWriter"]
@@ -23,7 +25,10 @@ class CSVWriter(AbstractWriter):
     layer first seen in epoch 3, a scalar logged once) is empty (NaN) in the
     other rows. The file is rewritten atomically on every :meth:`save`, so a
     crash leaves the previous epoch's complete file. Arrays (``cov``,
-    ``embed``) are not written; use the NPY writer for them.
+    ``embed``) are not written; use the NPY writer for them. Beside the CSV,
+    ``<savepath>.run.json`` records the tracker's layers and statistic names
+    (when a tracker gave them), so that reading the run back tells its values
+    from user scalars.
 
     Parameters
     ----------
@@ -43,9 +48,10 @@ class CSVWriter(AbstractWriter):
 
     def __init__(self, savepath: str, **kwargs: Any) -> None:
         super().__init__(savepath)
-        self.path = str(layout.csv_path(self.savepath))
+        self.path = str(csv_path(self.savepath))
         self._rows: dict[int, dict[str, float]] = {}
         self._columns: dict[str, None] = {}
+        self._written_record: RunRecord | None = None
 
     def _resolve_epoch(self, epoch: int | None) -> int:
         return max(self._rows, default=0) if epoch is None else int(epoch)
@@ -67,11 +73,13 @@ class CSVWriter(AbstractWriter):
             return  # nothing logged yet: leave no empty file behind
         frame = self.dataframe()
         with writing(self, self.path):
-            atomic_write(self.path, lambda handle: frame.to_csv(handle, sep=";"))
+            write_csv(frame, self.path)
+        if self.run_record is not None and self._written_record != self.run_record:
+            with writing(self, record_path(self.savepath)):
+                write_record(self.savepath, self.run_record)
+            self._written_record = self.run_record
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
-        from ..results import read_csv  # results imports the writers package
-
         try:
             frame = read_csv(self.path)
         except FileNotFoundError:

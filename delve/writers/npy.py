@@ -1,23 +1,21 @@
-"""NPY output: one folder per logged value, one ``.npy`` file per epoch."""
+"""NPY output: one folder per logged value, one ``.npy`` file per epoch (see :mod:`delve.formats.npy`)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path, atomic_write
+from ..formats.npy import Counters, read_counters, save_array, value_file, write_counters
+from ..io import atomic_path
+from ..layout import COUNTERS_FILE, npy_dir
 from ..naming import safe_filename
-from . import layout
 from .base import AbstractWriter, WriterError, writing
 
 __all__ = ["NPYWriter"]
-
-FORMAT_VERSION = 1
 
 
 class NPYWriter(AbstractWriter):
@@ -31,8 +29,8 @@ class NPYWriter(AbstractWriter):
 
     Folder names are the value names passed through
     :func:`delve.naming.safe_filename`; ``counters.json`` maps each folder to
-    its value name and records the epochs written, so a run can be read back
-    (:func:`delve.results.read_npy_dir`) and resumed. Nothing is pickled:
+    its value name, records the epochs written and the run record, so a run
+    can be read back (:func:`delve.results.read_npy_dir`) and resumed. Nothing is pickled:
     every file loads with ``np.load(path, allow_pickle=False)``. Files are
     written atomically at :meth:`save`.
 
@@ -59,7 +57,7 @@ class NPYWriter(AbstractWriter):
 
     def __init__(self, savepath: str, zip: bool = False, directory: str | None = None, **kwargs: Any) -> None:
         super().__init__(savepath)
-        self.directory = Path(directory) if directory is not None else layout.npy_dir(self.savepath)
+        self.directory = Path(directory) if directory is not None else npy_dir(self.savepath)
         self.zip = bool(zip)
         self._pending: dict[tuple[str, int], np.ndarray] = {}
         # folder -> {"name": value name, "epochs": sorted epochs on disk}
@@ -108,9 +106,9 @@ class NPYWriter(AbstractWriter):
         try:
             for (name, epoch), array in pending.items():
                 folder = self._folder(name)
-                path = self.directory / folder / layout.epoch_filename(epoch)
-                with writing(self, path), atomic_path(path) as tmp, open(tmp, "wb") as handle:
-                    np.save(handle, array, allow_pickle=False)
+                path = value_file(self.directory, folder, epoch)
+                with writing(self, path):
+                    save_array(path, array)
                 epochs = self._counters[folder]["epochs"]
                 if epoch not in epochs:
                     epochs.append(epoch)
@@ -123,10 +121,8 @@ class NPYWriter(AbstractWriter):
         self._write_counters()
 
     def _write_counters(self) -> None:
-        content = {"format": FORMAT_VERSION, "values": self._counters}
-        path = self.directory / layout.COUNTERS_FILE
-        with writing(self, path):
-            atomic_write(path, lambda handle: json.dump(content, handle, indent=1, sort_keys=True))
+        with writing(self, self.directory / COUNTERS_FILE):
+            write_counters(self.directory, Counters(self._counters, self.run_record))
 
     def close(self) -> None:
         self.save()
@@ -143,25 +139,20 @@ class NPYWriter(AbstractWriter):
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
         """Keep the files of epochs before ``initial_epoch``; delete later ones."""
-        counters = self.directory / layout.COUNTERS_FILE
-        if not counters.is_file():
-            return
         try:
-            content = json.loads(counters.read_text(encoding="utf-8"))
-            values = {
-                safe_filename(str(k)): {"name": str(v["name"]), "epochs": [int(e) for e in v["epochs"]]}
-                for k, v in content["values"].items()
-            }
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise WriterError(f"NPYWriter cannot resume from {counters}: {error}") from error
-        for folder, entry in values.items():
-            folder_path = self.directory / folder
+            counters = read_counters(self.directory)
+        except ValueError as error:
+            raise WriterError(f"NPYWriter cannot resume: {error}") from error
+        if counters is None:
+            return
+        for folder, entry in counters.values.items():
             for epoch in [e for e in entry["epochs"] if e >= initial_epoch]:
-                (folder_path / layout.epoch_filename(epoch)).unlink(missing_ok=True)
+                value_file(self.directory, folder, epoch).unlink(missing_ok=True)
             entry["epochs"] = [e for e in entry["epochs"] if e < initial_epoch]
+            folder_path = self.directory / folder
             if not entry["epochs"] and folder_path.is_dir() and not any(folder_path.iterdir()):
                 folder_path.rmdir()
-        self._counters = {folder: entry for folder, entry in values.items() if entry["epochs"]}
+        self._counters = {folder: entry for folder, entry in counters.values.items() if entry["epochs"]}
         self._folders = {entry["name"]: folder for folder, entry in self._counters.items()}
         self._last_epoch = initial_epoch
         self._write_counters()

@@ -6,7 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import layout
+from ..layout import PROFILE_PATTERN
+from ..layout import plot_dir as default_plot_dir
+from ..plotting import plot_results
+from ..tables import tidy
 from .base import writing
 from .csv import CSVWriter
 
@@ -24,7 +27,10 @@ class CSVandPlottingWriter(CSVWriter):
       in forward order, full layer names, saturation on a fixed 0..1 axis,
       the ``primary_metric`` (e.g. test accuracy) under the title;
     * ``<savepath>/plots/saturation_<mode>_heatmap.png``: layers by epochs,
-      redrawn every epoch so it grows with training.
+      redrawn every epoch so it grows with training;
+    * ``<savepath>/plots/average-saturation_history.png``: the average over
+      layers per epoch (``average_sat=True``; with ``layerwise_sat=False`` it
+      is the only figure).
 
     Figures are drawn off-screen (Agg, no pyplot) and freed after saving, so
     long runs do not accumulate memory. See :mod:`delve.plotting`.
@@ -68,7 +74,7 @@ class CSVandPlottingWriter(CSVWriter):
         super().__init__(savepath)
         self.fontsize = float(fontsize)
         self.primary_metric = primary_metric
-        self.plot_dir = Path(plot_dir) if plot_dir is not None else layout.plot_dir(self.savepath)
+        self.plot_dir = Path(plot_dir) if plot_dir is not None else default_plot_dir(self.savepath)
         self.epoch_profiles = bool(epoch_profiles)
         self._unplotted: set[int] = set()
 
@@ -81,14 +87,11 @@ class CSVandPlottingWriter(CSVWriter):
         super().save()
         if not self._unplotted:
             return
-        from ..plotting import plot_results
-        from ..results import tidy
-
         epochs = sorted(self._unplotted)
         self._unplotted.clear()
         with writing(self, self.plot_dir):
             plot_results(
-                tidy(self.dataframe()),
+                tidy(self.dataframe(), self.run_record),
                 self.plot_dir,
                 epochs=epochs if self.epoch_profiles else [],
                 primary_metric=self.primary_metric,
@@ -100,8 +103,6 @@ class CSVandPlottingWriter(CSVWriter):
         super().resume_from_saved_state(initial_epoch)
         if not self.plot_dir.is_dir():
             return
-        from ..plotting import PROFILE_PATTERN
-
         for file in self.plot_dir.iterdir():
             match = PROFILE_PATTERN.match(file.name)
             if match and int(match.group(1)) >= initial_epoch:

@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from . import layout
+from ..figures import embedding_figure, figure_to_rgb, profile_figure
+from ..layout import tensorboard_dir
+from ..metrics import eigenvalues
+from ..naming import RunRecord, classify
 from .base import AbstractWriter, writing
 
 __all__ = ["TensorBoardWriter", "tensorboard_tag"]
@@ -23,12 +27,14 @@ PROFILE_STAT = "saturation"
 SPECTRUM_SECTION = "covariance-eigenvalues"
 
 
-def tensorboard_tag(name: str) -> str:
+def tensorboard_tag(name: str, record: RunRecord | None = None) -> str:
     """The TensorBoard tag of a logged value: ``<stat>/<mode>/<layer>``.
 
     TensorBoard groups tags by their first component, so each statistic gets
     its own dashboard section. Layer averages become ``<stat>/<mode>/average``;
-    other names (user scalars) are kept as they are.
+    other names (user scalars) are kept as they are. With the tracker's
+    ``record``, only the values it describes are split (see
+    :func:`delve.naming.classify`).
 
     Examples
     --------
@@ -39,9 +45,7 @@ def tensorboard_tag(name: str) -> str:
     >>> tensorboard_tag("test_accuracy")
     'test_accuracy'
     """
-    from ..results import classify  # results imports the writers package
-
-    mode, layer, stat = classify(name)
+    mode, layer, stat = classify(name, record)
     if mode is None:
         return name
     if layer is None:
@@ -62,7 +66,8 @@ class TensorBoardWriter(AbstractWriter):
       ``saturation-profile/<mode>``;
     * stat ``cov``: the eigenvalue spectrum as the histogram
       ``covariance-eigenvalues/<mode>/<layer>`` (a matrix is no scalar);
-      stat ``embed`` is not logged.
+    * stat ``embed``: the sampled outputs on the two leading eigenvectors as
+      the scatter image ``embedded-sample/<mode>/<layer>``.
 
     Everything goes to ONE run folder, ``<savepath>`` (see
     :mod:`delve.writers.layout`), so ``tensorboard --logdir <parent>`` shows one
@@ -106,7 +111,7 @@ class TensorBoardWriter(AbstractWriter):
         **kwargs: Any,
     ) -> None:
         super().__init__(savepath)
-        self.logdir = Path(logdir) if logdir is not None else layout.tensorboard_dir(self.savepath)
+        self.logdir = Path(logdir) if logdir is not None else tensorboard_dir(self.savepath)
         self.profile_images = bool(profile_images)
         self.flush_secs = int(flush_secs)
         self.fontsize = fontsize
@@ -142,33 +147,31 @@ class TensorBoardWriter(AbstractWriter):
 
     # ----------------------------------------------------------- interface
     def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
-        from ..results import classify
-
         step = self._epoch(epoch)
         value = float(value)
         with writing(self, self.logdir):
-            self._writer().add_scalar(tensorboard_tag(name), value, global_step=step)
-        mode, layer, stat = classify(name)
+            self._writer().add_scalar(tensorboard_tag(name, self.run_record), value, global_step=step)
+        mode, layer, stat = classify(name, self.run_record)
         if mode is not None and layer is not None:
             self._charts.setdefault((stat, mode))
             if stat == PROFILE_STAT and self.profile_images:
                 self._profiles.setdefault((mode, step), {})[layer] = value
 
     def add_array(self, name: str, value: np.ndarray, epoch: int | None = None) -> None:
-        from ..metrics import eigenvalues
-        from ..results import classify
-
         step = self._epoch(epoch)
-        mode, layer, _ = classify(name)
+        mode, layer, stat = classify(name, self.run_record)
         array = np.asarray(value)
-        if array.ndim == 2 and array.shape[0] == array.shape[1] and array.size and mode is not None and layer:
-            import torch
-
-            spectrum = eigenvalues(torch.from_numpy(np.asarray(array, dtype=np.float64))).numpy()
-            with writing(self, self.logdir):
-                self._writer().add_histogram(f"{SPECTRUM_SECTION}/{mode}/{layer}", spectrum, global_step=step)
-        else:
+        if mode is None or not layer or not array.size or array.ndim != 2:
             logger.debug("TensorBoardWriter does not log %s (array of shape %s)", name, array.shape)
+            return
+        with writing(self, self.logdir):
+            if array.shape[0] == array.shape[1]:
+                spectrum = eigenvalues(torch.from_numpy(np.asarray(array, dtype=np.float64))).numpy()
+                self._writer().add_histogram(f"{SPECTRUM_SECTION}/{mode}/{layer}", spectrum, global_step=step)
+            elif array.shape[1] <= 2:
+                figure = embedding_figure(array, f"{stat} ({mode}), {layer}, epoch {step}", fontsize=self.fontsize)
+                image = figure_to_rgb(figure)
+                self._writer().add_image(f"{stat}/{mode}/{layer}", image, global_step=step, dataformats="HWC")
 
     def _write_layout(self) -> None:
         if len(self._charts) == self._charts_written:
@@ -185,8 +188,6 @@ class TensorBoardWriter(AbstractWriter):
         self._charts_written = len(self._charts)
 
     def _write_profiles(self) -> None:
-        from ..plotting import figure_to_rgb, profile_figure
-
         for (mode, step), values in self._profiles.items():
             figure = profile_figure(values, PROFILE_STAT, mode, step, fontsize=self.fontsize)
             image = figure_to_rgb(figure)

@@ -14,26 +14,40 @@ Everything goes to one folder (``delve-demo`` by default)::
     delve-demo/lean/plots/, delve-demo/wide/plots/   profiles and heatmaps
     delve-demo/saturation_comparison.png         both networks side by side
 
-Run it with ``delve demo`` or ``python -m delve.demo``; scikit-learn comes with
-``pip install delve[demo]``.
+Run it with ``delve demo`` or ``python -m delve.demo`` (arguments: see
+:mod:`delve.cli`); scikit-learn comes with ``pip install delve[demo]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .tracker import SaturationTracker
+from ..figures import new_figure, save_figure
+from ..layout import plot_dir
+from ..naming import value_name
+from ..plotting import plot_results
+from ..results import load_results
+from ..statistics import STATISTICS
+from ..tracker import SaturationTracker
+from .networks import (
+    DEMO_NETWORKS,
+    DemoNetwork,
+    MissingDemoDependencyError,
+    build_network,
+    layer_widths,
+    load_digits_tensors,
+)
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -45,7 +59,6 @@ __all__ = [
     "layer_widths",
     "load_digits_tensors",
     "run_demo",
-    "main",
 ]
 
 DEFAULT_OUT_DIR = "delve-demo"
@@ -53,122 +66,7 @@ DEFAULT_EPOCHS = 12
 COMPARISON_FIGURE = "saturation_comparison.png"
 PRIMARY_METRIC = "test-accuracy"
 BATCH_SIZE = 64
-TEST_FRACTION = 0.2
-
-
-@dataclass(frozen=True)
-class DemoNetwork:
-    """The widths of one demo network.
-
-    Attributes
-    ----------
-    name : str
-        The run's file prefix (``<out_dir>/<name>.csv``).
-    channels : tuple of int
-        Output channels of the three 3x3 convolutions.
-    hidden : int
-        Width of the hidden fully connected layer.
-    """
-
-    name: str
-    channels: tuple[int, int, int]
-    hidden: int
-
-
-#: The two networks trained side by side: same depth, four times the width.
-DEMO_NETWORKS = (
-    DemoNetwork("lean", (8, 16, 16), 32),
-    DemoNetwork("wide", (32, 64, 64), 128),
-)
-
-
-class MissingDemoDependencyError(ImportError):
-    """scikit-learn, which provides the digits data set, is not installed."""
-
-
-def load_digits_tensors(
-    test_fraction: float = TEST_FRACTION, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's digits as ``(x_train, y_train, x_test, y_test)`` tensors.
-
-    Images are ``(n, 1, 8, 8)`` float32 scaled to ``[0, 1]``; the split is a
-    fixed random permutation of the 1797 images.
-
-    Raises
-    ------
-    MissingDemoDependencyError
-        When scikit-learn is not installed.
-
-    Examples
-    --------
-    >>> x_train, y_train, x_test, y_test = load_digits_tensors()
-    >>> tuple(x_train.shape), tuple(x_test.shape), int(y_train.max())
-    ((1438, 1, 8, 8), (359, 1, 8, 8), 9)
-    """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise MissingDemoDependencyError(
-            "the delve demo trains on scikit-learn's digits data set, and scikit-learn is not installed; "
-            "install it with `pip install delve[demo]` (in a clone: `pip install -r requirements/demo.txt`)"
-        ) from error
-    digits = load_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.as_tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    n_test = round(test_fraction * len(labels))
-    test, train = order[:n_test], order[n_test:]
-    return images[train], labels[train], images[test], labels[test]
-
-
-def build_network(spec: DemoNetwork) -> nn.Sequential:
-    """A three-convolution CNN for 8x8 single-channel images and 10 classes.
-
-    The layers are named ``conv1``-``conv3``, ``fc1`` and ``fc2``, which
-    become the tracker's layer names.
-
-    Examples
-    --------
-    >>> model = build_network(DemoNetwork("tiny", (2, 3, 4), 5))
-    >>> model(torch.zeros(7, 1, 8, 8)).shape
-    torch.Size([7, 10])
-    """
-    c1, c2, c3 = spec.channels
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(1, c1, 3, padding=1)),
-                ("relu1", nn.ReLU()),
-                ("conv2", nn.Conv2d(c1, c2, 3, padding=1)),
-                ("relu2", nn.ReLU()),
-                ("pool2", nn.MaxPool2d(2)),  # 8x8 -> 4x4
-                ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),
-                ("relu3", nn.ReLU()),
-                ("pool3", nn.MaxPool2d(2)),  # 4x4 -> 2x2
-                ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(4 * c3, spec.hidden)),
-                ("relu4", nn.ReLU()),
-                ("fc2", nn.Linear(spec.hidden, 10)),
-            ]
-        )
-    )
-
-
-def layer_widths(model: nn.Module) -> dict[str, int]:
-    """Feature size ``d`` of every convolution and Linear layer, by name.
-
-    Examples
-    --------
-    >>> layer_widths(build_network(DEMO_NETWORKS[0]))
-    {'conv1': 8, 'conv2': 16, 'conv3': 16, 'fc1': 32, 'fc2': 10}
-    """
-    widths = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            widths[name] = module.out_channels
-        elif isinstance(module, nn.Linear):
-            widths[name] = module.out_features
-    return widths
+SATURATION = STATISTICS["lsat"].name
 
 
 @dataclass
@@ -219,7 +117,7 @@ def _train_one(
             values = tracker.add_saturations()
             progress.set_postfix_str(f"{spec.name} acc {result.accuracy:.3f}")
             progress.update(1)
-    result.saturation = {layer: float(values[f"train-saturation_{layer}"]) for layer in result.widths}
+    result.saturation = {layer: float(values[value_name("train", SATURATION, layer)]) for layer in result.widths}
     return result
 
 
@@ -230,16 +128,12 @@ def _draw_plots(results: Sequence[DemoResult], out_dir: str) -> list[Path]:
     figures are the same, and rendering 50 of them would take longer than
     the training.
     """
-    from .plotting import plot_results
-    from .results import load_results
-    from .writers import layout
-
     written = []
     for result in results:
         table = load_results(result.savefile)
-        saturation_only = table[(table["stat"] == "saturation") | table["layer"].isna()]
+        saturation_only = table[(table["stat"] == SATURATION) | table["layer"].isna()]
         written += plot_results(
-            saturation_only, layout.plot_dir(result.savefile), epochs="last", primary_metric=PRIMARY_METRIC
+            saturation_only, plot_dir(result.savefile), epochs="last", primary_metric=PRIMARY_METRIC
         )
     written.append(comparison_figure(results, os.path.join(out_dir, COMPARISON_FIGURE)))
     return written
@@ -247,10 +141,6 @@ def _draw_plots(results: Sequence[DemoResult], out_dir: str) -> list[Path]:
 
 def comparison_figure(results: Sequence[DemoResult], path: str) -> Path:
     """Grouped bars: each layer's last-epoch training saturation, one colour per network."""
-    import numpy as np
-
-    from .plotting import new_figure, save_figure
-
     layers = list(results[0].widths)
     figure = new_figure(7.0, 3.8, dpi=110)
     axes = figure.add_axes((0.1, 0.14, 0.62, 0.72))
@@ -372,8 +262,6 @@ def run_demo(
     except MissingDemoDependencyError as error:
         print(f"delve demo: {error}", file=sys.stderr)
         return 1
-    from tqdm.auto import tqdm
-
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     results = []
@@ -415,22 +303,3 @@ def run_demo(
     if files["tensorboard"]:
         print(f"  TensorBoard logs:         tensorboard --logdir {out_dir}", file=stream)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line of ``python -m delve.demo``; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m delve.demo",
-        description="Train two CNNs of different width on the digits data set with delve attached.",
-    )
-    parser.add_argument("--out", default=DEFAULT_OUT_DIR, metavar="DIR", help="output folder (default: %(default)s)")
-    parser.add_argument(
-        "--epochs", type=int, default=None, metavar="N", help=f"epochs per network (default: {DEFAULT_EPOCHS})"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    return run_demo(out_dir=args.out, epochs=args.epochs, progress=not args.no_progress)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The CSV format: ``;``-separated, index ``epoch``, one column per logged value."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_write
+from ..layout import csv_path
+
+__all__ = ["SEPARATOR", "write_csv", "read_csv"]
+
+SEPARATOR = ";"
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a wide table (index ``epoch``) atomically.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.csv")
+    >>> write_csv(pd.DataFrame({"loss": [0.5]}, index=pd.Index([0], name="epoch")), path)
+    >>> open(path).read().splitlines()
+    ['epoch;loss', '0;0.5']
+    """
+    atomic_write(path, lambda handle: frame.to_csv(handle, sep=SEPARATOR))
+
+
+def read_csv(savefile: str | os.PathLike) -> pd.DataFrame:
+    """Read a run's CSV (``<savefile>.csv``) as a wide table, checking that it is one.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no such file.
+    ValueError
+        When the file is not a delve CSV (unreadable, non-numeric, ...).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "run")
+    >>> _ = open(path + ".csv", "w").write("epoch;train-saturation_fc\\n0;0.5\\n")
+    >>> read_csv(path)
+           train-saturation_fc
+    epoch
+    0                      0.5
+    """
+    path = csv_path(savefile)
+    if not path.is_file():
+        raise FileNotFoundError(f"no delve results at {path} (file not found)")
+    try:
+        frame = pd.read_csv(path, sep=SEPARATOR, index_col=0)
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
+        raise ValueError(f"{path} is not a readable delve CSV: {first_line(error)}") from error
+    if len(frame) == 0:
+        raise ValueError(f"{path} is not a delve CSV: it holds no epoch rows")
+    try:
+        epochs = pd.to_numeric(frame.index)
+        frame = frame.apply(pd.to_numeric)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path} is not a delve CSV: {first_line(error)}") from error
+    if len(epochs) and (np.isnan(epochs).any() or (epochs != np.round(epochs)).any()):
+        raise ValueError(f"{path} is not a delve CSV: the first column must hold integer epochs")
+    frame.index = pd.Index(np.asarray(epochs, dtype="int64"), name="epoch")
+    return frame.astype("float64")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, for one-line reports."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,17 +1,16 @@
 """Everything kept for scripts written against delve 0.1.x, in one place.
 
-===========================================================  =============================================
-0.1.x spelling                                               where it lives now
-===========================================================  =============================================
-``CheckLayerSat``                                            :func:`deprecated_alias` of ``SaturationTracker``
-``SaturationTracker(savefile, save_to, modules, writer_args)``  :func:`split_positional_writer_args`
-``stats=["lsat_eval", ...]``                                 :func:`strip_mode_suffix`
-PCA layers' ``in_dim``, ``fs_dim``, ``sat``,                 :class:`LegacyPCANames`
-``gradient_epoch_start``
-``change_all_pca_layer_thresholds[_and_inject_random_...]``  functions here
-``delve.torchcallback``, ``delve.torch_utils``,              thin modules re-exporting the current names
-``delve.tools``
-===========================================================  =============================================
+* ``CheckLayerSat``: :func:`deprecated_alias` of ``SaturationTracker``, warns when built;
+* ``writer_args`` as the fourth positional argument of the tracker:
+  :func:`split_positional_writer_args`;
+* ``stats=["lsat_eval", ...]``: :func:`strip_mode_suffix`;
+* the PCA layers' ``in_dim``, ``fs_dim``, ``sat`` and ``gradient_epoch_start``:
+  :class:`LegacyPCANames`;
+* ``change_all_pca_layer_thresholds`` and
+  ``change_all_pca_layer_thresholds_and_inject_random_directions``: here,
+  re-exported from ``delve`` and ``delve.pca_layers``;
+* the modules ``delve.torchcallback``, ``delve.torch_utils`` and
+  ``delve.tools``: thin re-exports of the current names.
 
 This module depends on nothing in delve but :mod:`delve.naming` and
 :mod:`delve.validation`, so the modules that honour the old spellings can use it.

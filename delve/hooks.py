@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .recording import LayerRecorder
+from .torch_features import is_compiling
 
 __all__ = ["HookOwner", "ForwardOrder", "ForwardHook", "attach_hooks", "holds_compiled_wrapper", "module_device"]
 
@@ -87,7 +88,7 @@ class ForwardHook:
         self.order = order
 
     def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        if torch.compiler.is_compiling():
+        if is_compiling():
             _record_outside_compiler(self, module, output)
         else:
             self.record(module, output)

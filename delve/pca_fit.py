@@ -16,6 +16,7 @@ import torch
 
 from .covariance import TorchCovarianceMatrix
 from .metrics import intrinsic_dimensionality, spectrum
+from .torch_features import autocast_enabled
 
 __all__ = ["Eigenbasis", "CovarianceObserver", "decompose", "select_components", "random_orthonormal"]
 
@@ -132,7 +133,7 @@ class CovarianceObserver:
             moved = TorchCovarianceMatrix(device=rows.device)
             moved.load_state_dict(accumulator.state_dict())
             self._accumulator = accumulator = moved
-        if torch.is_autocast_enabled(rows.device.type):
+        if autocast_enabled(rows.device.type):
             # Autocast would run the Gram product in half precision.
             with torch.autocast(rows.device.type, enabled=False):
                 accumulator.update_rows(rows)

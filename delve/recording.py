@@ -20,6 +20,7 @@ from .kernels import to_device
 from .observations import ObservationConfig, observe
 from .sampling import ReservoirSample
 from .statistics import FeatureAccumulator
+from .torch_features import autocast_enabled
 
 __all__ = ["RecordingSettings", "ModeState", "LayerRecorder"]
 
@@ -108,7 +109,7 @@ class LayerRecorder:
                 rows = rows.reshape(-1, d)[:budget]
                 n = budget
             state.rows_offered += n
-            if _autocast_enabled(rows.device.type):
+            if autocast_enabled(rows.device.type):
                 # Autocast would run the Gram product in half precision.
                 with torch.autocast(rows.device.type, enabled=False):
                     self._accumulate(state, rows)
@@ -239,11 +240,3 @@ def _to(state: Any, device: torch.device) -> Any:
     if isinstance(state, dict):
         return {key: _to(value, device) for key, value in state.items()}
     return state
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type``; ``False`` for types autocast does not know."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:
-        return False

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .torch_features import unravel_index
+
 __all__ = ["ReservoirSample"]
 
 
@@ -161,4 +163,4 @@ def _gather(rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         return rows.reshape(-1, d)
     if rows.ndim == 2:
         return rows[index]
-    return rows[torch.unravel_index(index, rows.shape[:-1])]
+    return rows[unravel_index(index, tuple(rows.shape[:-1]))]

@@ -28,6 +28,7 @@ from .layers import TrackedLayer, discover_layers
 from .naming import RunRecord
 from .recording import LayerRecorder, ModeState
 from .statistics import NONFINITE_BATCHES
+from .torch_features import reset_compiler
 from .writers.registry import build_writer
 
 __all__ = ["SaturationTracker", "CheckLayerSat"]
@@ -109,7 +110,7 @@ class SaturationTracker:
         self._handles = attach_hooks(self, self._layer_modules, self._recorders, self._forward_order)
         if holds_compiled_wrapper(modules):
             logger.info("delve: resetting torch.compile caches so the compiled model calls the new hooks")
-            torch.compiler.reset()
+            reset_compiler()
         logger.info("delve tracks %d layers: %s", len(self.layers), ", ".join(self._recorders))
 
     def __getattr__(self, name: str) -> Any:

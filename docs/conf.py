@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The API pages import delve from this checkout, installed or not.
+# The API pages import delve from this checkout, installed or not; _ext holds
+# the formula renderer.
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 project = "delve"
@@ -25,9 +27,11 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "svgmath",
 ]
+# Formulas become inline SVG at build time: the pages load nothing from the network.
+html_math_renderer = "svgmath"
 
 # numpy-style docstrings only; "Attributes" become fields, not extra
 # attribute entries that would duplicate the dataclass fields autodoc lists.

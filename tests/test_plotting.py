@@ -170,3 +170,30 @@ def test_figures_are_freed_and_never_registered_with_pyplot(tmp_path):
     assert len(list((tmp_path / "run" / "plots").iterdir())) == 5
     assert live_figures() == before
     assert set(plt.get_fignums()) == before_pyplot
+
+
+def test_only_the_average_is_drawn_when_layerwise_values_are_off(tmp_path):
+    """layerwise_sat=False with average_sat=True: the plot writer draws the average over epochs."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    savefile = str(tmp_path / "run")
+    tracker = SaturationTracker(savefile, save_to="plot", modules=model, layerwise_sat=False, average_sat=True)
+    for _ in range(3):
+        model(torch.randn(30, 6))
+        assert set(tracker.add_saturations()) == {"train-average-saturation"}
+    tracker.close()
+    assert sorted(p.name for p in (tmp_path / "run" / "plots").iterdir()) == ["average-saturation_history.png"]
+    figure_file = tmp_path / "run" / "plots" / "average-saturation_history.png"
+    assert mpimg.imread(figure_file).shape[0] > 100
+
+
+def test_history_figure_draws_each_mode_over_epochs_on_the_bounded_axis():
+    from delve.plotting import history_figure
+
+    train = pd.Series([0.5, 0.25, 0.75], index=[0, 1, 2])
+    evaluation = pd.Series([0.4, 0.3], index=[1, 2])
+    figure = history_figure({"train": train, "eval": evaluation}, "average-saturation")
+    axes = figure.axes[0]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
+    assert lines == {"train": ([0, 1, 2], [0.5, 0.25, 0.75]), "eval": ([1, 2], [0.4, 0.3])}
+    assert axes.get_ylim() == (0.0, 1.0)

@@ -221,3 +221,27 @@ def test_reconstruct_accepts_the_run_folder_and_the_0_1_threshold_keyword(npy_ru
     assert from_run_folder.loc[0, "eval-intrinsic-dimensionality_0"] == ref.idim(cov, 0.5)
     with pytest.raises(ValueError, match="not both"):
         reconstruct_csv_from_npy_data(savefile, threshold=0.9, thresh=0.5)
+
+
+def test_reconstruct_computes_the_0_1_stats_that_were_not_logged(npy_run, ref):
+    """0.1.x's stats=: statistics never logged during training come from the saved covariances."""
+    savefile, rows = npy_run
+    rebuilt = reconstruct_csv_from_npy_data(savefile + "/npy", None, None, ["lsat", "erank", "det"])
+    original = pd.read_csv(savefile + ".csv", sep=";", index_col=0)
+    # lsat was logged: kept as stored; erank and det were not: computed at the run's threshold.
+    np.testing.assert_allclose(rebuilt["train-saturation_0"], original["train-saturation_0"])
+    for epoch in (0, 1):
+        cov = ref.cov(rows[(epoch, "eval", "2")])
+        values = ref.eigenvalues(cov)
+        p = values / values.sum()
+        p = p[p > 0]
+        assert rebuilt.loc[epoch, "eval-effective-rank_2"] == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+        assert rebuilt.loc[epoch, "eval-covariance-log-determinant_2"] == pytest.approx(ref.logdet(cov))
+    # With a threshold, every listed statistic is recomputed at it.
+    lowered = reconstruct_csv_from_npy_data(savefile + "/npy", threshold=0.5, stats=["lsat", "idim", "pr"])
+    cov = ref.cov(rows[(1, "train", "0")])
+    assert lowered.loc[1, "train-saturation_0"] == pytest.approx(ref.saturation(cov, 0.5))
+    values = ref.eigenvalues(cov)
+    assert lowered.loc[1, "train-participation-ratio_0"] == pytest.approx(values.sum() ** 2 / (values**2).sum())
+    with pytest.raises(ValueError, match="dorm cannot be computed from a saved covariance; accepted keys: lsat"):
+        reconstruct_csv_from_npy_data(savefile + "/npy", stats=["dorm"])

@@ -171,3 +171,20 @@ def test_writer_creates_nothing_before_the_first_value(tmp_path):
     writer.save()
     writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_embedded_sample_is_logged_as_a_scatter_image(tmp_path):
+    torch.manual_seed(0)
+    model = _model()
+    tracker = SaturationTracker(str(tmp_path / "run"), save_to="tensorboard", modules=model, stats=["embed"])
+    model(torch.randn(40, 6))
+    values = tracker.add_saturations()
+    tracker.close()
+    assert values["train-embedded-sample_0"].shape == (40, 2)
+    accumulator = accumulate(tmp_path / "run")
+    assert {"embedded-sample/train/0", "embedded-sample/train/2"} <= set(accumulator.Tags()["images"])
+    event = accumulator.Images("embedded-sample/train/0")[0]
+    assert event.step == 0
+    image = mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.05  # a drawn figure, not a blank image

@@ -30,6 +30,9 @@ setup(
         "demo": ["scikit-learn"],
         "test": ["pytest", "hypothesis", "tensorboard", "scikit-learn", "scipy", "ruff"],
         "docs": ["sphinx>=7", "docutils"],
+        # delve.integrations.lightning and delve.integrations.huggingface; requirements/integrations.txt pins them.
+        "lightning": ["lightning>=2.0"],
+        "huggingface": ["transformers>=4.40", "accelerate>=0.26"],
     },
     entry_points={"console_scripts": ["delve=delve.cli:main"]},
     classifiers=[

@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     packages=find_packages(include=["delve", "delve.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
         "numpy",
@@ -28,7 +28,7 @@ setup(
     # requirements/*.txt pin a tested set of the same packages for development and CI.
     extras_require={
         "demo": ["scikit-learn"],
-        "test": ["pytest", "hypothesis", "tensorboard", "scikit-learn", "scipy", "ruff"],
+        "test": ["pytest", "hypothesis", "tensorboard", "scikit-learn", "scipy", "ruff", "vermin"],
         "docs": ["sphinx>=7", "docutils"],
         # delve.integrations.lightning and delve.integrations.huggingface; requirements/integrations.txt pins them.
         "lightning": ["lightning>=2.0"],

@@ -62,8 +62,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from delve import SaturationTracker, TorchCovarianceMatrix  # noqa: E402
-from delve.kernels import feature_blocks as _feature_blocks  # noqa: E402
 from delve.io import atomic_write  # noqa: E402
+from delve.kernels import feature_blocks as _feature_blocks  # noqa: E402
 
 STATS = ["lsat", "idim"]
 MODES = ("exact", "fast")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .ranks import communication_device
+from .validation import check_number
 
 __all__ = ["MeanAbsoluteActivity", "dormant_fraction", "DEFAULT_DORMANT_TAU"]
 
@@ -177,8 +178,7 @@ def dormant_fraction(mean_abs: torch.Tensor, tau: float = DEFAULT_DORMANT_TAU) -
     >>> dormant_fraction(torch.zeros(3))
     1.0
     """
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
-        raise ValueError(f"tau must be a number >= 0, got {tau!r}")
+    tau = check_number("tau", tau, minimum=0)
     mean_abs = mean_abs.to(torch.float64)
     d = mean_abs.shape[-1]
     if d == 0:

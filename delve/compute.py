@@ -9,7 +9,7 @@ layers and the counts of rejected batches are derived from the records too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from . import distributed
 from .metrics import spectra
 from .naming import MODES, RunRecord, compose_name
-from .recording import ModeState
+from .recording import ModeState, RecordingSettings
 from .statistics import NONFINITE_BATCHES, STATISTICS, LayerSummary
 
 __all__ = ["LayerMoments", "LoggedValue", "collect_moments", "compute_statistics", "describe_run"]
@@ -80,7 +80,7 @@ class LoggedValue:
 def collect_moments(
     taken: Mapping[str, Mapping[str, ModeState]],
     order: Sequence[str],
-    extra_factories: Sequence[tuple[str, Callable[[], Any]]] = (),
+    settings: RecordingSettings,
     group: Any = None,
     devices: Mapping[str, torch.device] | None = None,
     sync_ranks: bool = True,
@@ -94,26 +94,34 @@ def collect_moments(
         on every rank).
     order : sequence of str
         The order of the result (the layers' forward order).
-    extra_factories : sequence of (key, factory)
-        Extra accumulators of the requested statistics.
+    settings : RecordingSettings
+        What was recorded: the extra accumulators and the ``embed`` sample.
     group : ProcessGroup, optional
         The ranks to merge (with ``sync_ranks``); nothing is communicated in
         a single process.
     devices : mapping, optional
         Layer name -> where its merged state lives when this rank saw none.
+    sync_ranks : bool
+        Merge over the ranks of ``group``; ``False`` keeps this rank's own.
     """
     slots = [(name, mode) for name in taken for mode in MODES]
     states = [taken[name].get(mode) for name, mode in slots]
     if sync_ranks:
         slot_devices = [devices.get(name) for name, _ in slots] if devices else None
-        merged = distributed.merge_slots(states, extra_factories, group, slot_devices)
+        merged = distributed.merge_slots(
+            states, settings.extra_accumulators, group, slot_devices, settings.sample_size
+        )
     else:
-        merged = [(s.covariance, s.extras) if s is not None else (None, {}) for s in states]
-    by_slot = dict(zip(slots, zip(merged, states)))
+        merged = [
+            distributed.MergedSlot(s.covariance, s.extras, s.sample) if s else distributed.MergedSlot(None, {})
+            for s in states
+        ]
+    by_slot = dict(zip(slots, merged))
     moments = []
     for name in order:
         for mode in MODES:
-            (accumulator, extras), state = by_slot[(name, mode)]
+            slot = by_slot[(name, mode)]
+            accumulator = slot.covariance
             if accumulator is None:
                 continue
             count = accumulator.count
@@ -125,8 +133,8 @@ def collect_moments(
                     rejected=accumulator.rejected_batches,
                     covariance=accumulator.fix() if count else None,
                     mean=accumulator.mean if count else None,
-                    sample=state.sample.rows if state is not None and state.sample is not None else None,
-                    extras=extras,
+                    sample=slot.sample.rows if slot.sample is not None else None,
+                    extras=slot.extras,
                 )
             )
     return moments

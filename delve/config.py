@@ -243,6 +243,7 @@ class TrackerConfig:
             precision=self.precision,
             sample_size=self.sample_size,
             extra_accumulators=self.extra_accumulators,
+            seed=ranks.get_rank(self.process_group),
         )
 
     @property

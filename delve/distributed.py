@@ -23,6 +23,7 @@ zeros. Outside a process group, or with one process, nothing is communicated.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from .covariance import TorchCovarianceMatrix
 from .ranks import communication_device, get_rank, get_world_size, is_distributed
 from .recording import ModeState
+from .sampling import ReservoirSample
 
 __all__ = [
     "is_distributed",
@@ -40,6 +42,7 @@ __all__ = [
     "merge_across_ranks",
     "merge_extras_across_ranks",
     "merge_slots",
+    "MergedSlot",
 ]
 
 # Larger than any feature size; marks "this rank saw no data" in the MAX reduction.
@@ -212,13 +215,23 @@ def merge_extras_across_ranks(extras: Sequence[Any], num_features: int, group: A
     return [extra.merged_across_ranks(num_features, group) for extra in extras]
 
 
+@dataclass(frozen=True)
+class MergedSlot:
+    """One layer and mode's accumulators over every rank."""
+
+    covariance: TorchCovarianceMatrix | None
+    extras: dict[str, Any]
+    sample: ReservoirSample | None = None
+
+
 def merge_slots(
     states: Sequence[ModeState | None],
     extra_factories: Sequence[tuple[str, Callable[[], Any]]],
     group: Any = None,
     devices: Sequence[torch.device | None] | None = None,
-) -> list[tuple[TorchCovarianceMatrix | None, dict[str, Any]]]:
-    """Covariance and extra accumulators of every slot (layer and mode), merged over all ranks.
+    sample_size: int | None = None,
+) -> list[MergedSlot]:
+    """Covariance, extra accumulators and ``embed`` sample of every slot (layer and mode), over all ranks.
 
     ``states`` lists the same slots in the same order on every rank (the
     tracker's layers times the modes, whatever each rank saw), with ``None``
@@ -227,15 +240,21 @@ def merge_slots(
     returned as it is.
     """
     if not is_distributed(group):
-        return [(s.covariance, s.extras) if s is not None else (None, {}) for s in states]
+        return [
+            MergedSlot(s.covariance, s.extras, s.sample) if s is not None else MergedSlot(None, {}) for s in states
+        ]
     merged = merge_across_ranks([s.covariance if s is not None else None for s in states], group, devices)
-    slots: list[tuple[TorchCovarianceMatrix | None, dict[str, Any]]] = []
+    slots = []
     for accumulator, state in zip(merged, states):
         extras: dict[str, Any] = {}
+        sample = None
         # Decided from the merged (global) count, so every rank takes part.
-        if accumulator is not None and accumulator.count > 0 and extra_factories:
+        if accumulator is not None and accumulator.count > 0:
+            d = accumulator.num_features
             local = [state.extras[key] if state is not None else factory() for key, factory in extra_factories]
-            reduced = merge_extras_across_ranks(local, accumulator.num_features, group)  # type: ignore[arg-type]
-            extras = dict(zip((key for key, _ in extra_factories), reduced))
-        slots.append((accumulator, extras))
+            extras = dict(zip((key for key, _ in extra_factories), merge_extras_across_ranks(local, d, group)))  # type: ignore[arg-type]
+            if sample_size:
+                own = state.sample if state is not None and state.sample is not None else ReservoirSample(sample_size)
+                sample = own.merged_across_ranks(d, group)  # type: ignore[arg-type]
+        slots.append(MergedSlot(accumulator, extras, sample))
     return slots

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .validation import check_fraction, check_optional_int
+
 __all__ = [
     "Spectrum",
     "eigenvalues",
@@ -139,7 +141,7 @@ def intrinsic_dimensionality(values: torch.Tensor, threshold: float = 0.99) -> i
     >>> intrinsic_dimensionality(torch.zeros(4), 0.99)
     0
     """
-    _check_threshold(threshold)
+    check_fraction("threshold", threshold)
     cumulative = torch.cumsum(values.to(torch.float64), dim=-1)
     # The total is the last partial sum, so threshold 1.0 is reached exactly
     # at the last non-zero eigenvalue despite rounding.
@@ -230,11 +232,6 @@ def embed_top2(
     """
     centred = samples.to(vectors.dtype) - mean.to(vectors.dtype)
     return centred @ vectors[:, :2]
-
-
-def _check_threshold(threshold: float) -> None:
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
 
 
 def effective_rank(values: torch.Tensor) -> float:
@@ -349,8 +346,7 @@ def spectral_decay_exponent(values: torch.Tensor, top: int | None = None) -> flo
     >>> spectral_decay_exponent(torch.tensor([1.0, 0.0, 0.0]))
     0.0
     """
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 2):
-        raise ValueError(f"top must be None or an int >= 2, got {top!r}")
+    top = check_optional_int("top", top, minimum=2)
     values = values.to(torch.float64)
     d = values.shape[-1]
     if d < 2:

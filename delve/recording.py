@@ -8,21 +8,22 @@ the covariance update; nothing here reads a value back from the device.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from .accumulator import FeatureAccumulator
 from .covariance import TorchCovarianceMatrix
 from .kernels import to_device
 from .observations import ObservationConfig, observe
 from .sampling import ReservoirSample
-from .statistics import FeatureAccumulator
 from .torch_features import autocast_enabled
 
-__all__ = ["RecordingSettings", "ModeState", "LayerRecorder"]
+__all__ = ["RecordingSettings", "ModeState", "LayerRecorder", "LayerRecorders"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class RecordingSettings:
     device: torch.device | None = None
     precision: str = "float64"
     sample_size: int | None = None  # reservoir rows per layer and mode, None: no sample
+    seed: int = 0  # of the tracker's random streams (differs between ranks)
     # (statistic key, factory) for statistics that accumulate more than the covariance
     extra_accumulators: tuple[tuple[str, Callable[[], FeatureAccumulator]], ...] = ()
 
@@ -81,7 +83,7 @@ class LayerRecorder:
         """The mode's state, created on first use."""
         state = self.modes.get(mode)
         if state is None:
-            state = self.modes[mode] = self._fresh_state()
+            state = self.modes[mode] = self._fresh_state(mode)
         return state
 
     @torch.no_grad()
@@ -146,9 +148,9 @@ class LayerRecorder:
         with self.lock:
             taken = self.modes
             if reset:
-                self.modes = {mode: self._fresh_state(previous=state) for mode, state in taken.items()}
+                self.modes = {mode: self._fresh_state(mode, previous=state) for mode, state in taken.items()}
                 return taken
-            return {mode: self._copy_state(state) for mode, state in taken.items()}
+            return {mode: self._copy_state(mode, state) for mode, state in taken.items()}
 
     def give_back(self, taken: dict[str, ModeState]) -> None:
         """Undo :meth:`take` with ``reset`` (the computation failed): merge what came meanwhile."""
@@ -165,11 +167,13 @@ class LayerRecorder:
                     state.rows_offered += newer.rows_offered
                 self.modes[mode] = state
 
-    def _fresh_state(self, previous: ModeState | None = None) -> ModeState:
+    def _fresh_state(self, mode: str, previous: ModeState | None = None) -> ModeState:
         settings = self.settings
         sample = None
         if settings.sample_size:
-            sample = ReservoirSample(settings.sample_size)
+            # Independent keys per layer, mode and rank: ranks' samples then merge into a uniform one.
+            seed = zlib.crc32(f"{settings.seed}/{self.name}/{mode}".encode())
+            sample = ReservoirSample(settings.sample_size, seed=seed)
             if previous is not None and previous.sample is not None:
                 # The key stream continues across epochs instead of restarting.
                 sample.share_generators(previous.sample)
@@ -179,8 +183,8 @@ class LayerRecorder:
             extras={key: factory() for key, factory in settings.extra_accumulators},
         )
 
-    def _copy_state(self, state: ModeState) -> ModeState:
-        copy = self._fresh_state()
+    def _copy_state(self, mode: str, state: ModeState) -> ModeState:
+        copy = self._fresh_state(mode)
         copy.covariance.load_state_dict(state.covariance.state_dict())
         if state.sample is not None and copy.sample is not None:
             copy.sample.load_state_dict(state.sample.state_dict())
@@ -226,6 +230,50 @@ class LayerRecorder:
                 for key, extra_state in saved.get("extras", {}).items():
                     if key in state.extras:
                         state.extras[key].load_state_dict(extra_state)
+
+
+class LayerRecorders(Mapping[str, LayerRecorder]):
+    """The recorders of every tracked layer, by name, with the operations a tracker runs on all of them."""
+
+    def __init__(self, names: Iterable[str], settings: RecordingSettings) -> None:
+        self._recorders = {name: LayerRecorder(name, settings) for name in names}
+
+    def __getitem__(self, name: str) -> LayerRecorder:
+        return self._recorders[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._recorders)
+
+    def __len__(self) -> int:
+        return len(self._recorders)
+
+    def take(self, reset: bool) -> dict[str, dict[str, ModeState]]:
+        """Every layer's :meth:`LayerRecorder.take`, layer by layer."""
+        return {name: recorder.take(reset) for name, recorder in self._recorders.items()}
+
+    def give_back(self, taken: Mapping[str, dict[str, ModeState]]) -> None:
+        """Undo :meth:`take` with ``reset`` for every layer."""
+        for name, states in taken.items():
+            self._recorders[name].give_back(states)
+
+    def reset(self) -> None:
+        """Forget everything recorded, in every layer and mode."""
+        for recorder in self._recorders.values():
+            recorder.reset()
+
+    def restart_counters(self) -> None:
+        """A new epoch for ``log_interval`` and ``max_samples`` in every layer."""
+        for recorder in self._recorders.values():
+            recorder.restart_counters()
+
+    def state_dict(self) -> dict[str, dict]:
+        """Every layer's :meth:`LayerRecorder.state_dict`."""
+        return {name: recorder.state_dict() for name, recorder in self._recorders.items()}
+
+    def load_state_dict(self, layers: Mapping[str, dict], devices: Mapping[str, torch.device]) -> None:
+        """Restore the layers in ``layers``, each onto its device."""
+        for name, state in layers.items():
+            self._recorders[name].load_state_dict(state, devices[name])
 
 
 def _to(state: Any, device: torch.device) -> Any:

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from .ranks import communication_device, get_rank, get_world_size
 from .torch_features import unravel_index
+from .validation import check_int
 
 __all__ = ["ReservoirSample"]
 
@@ -39,9 +41,7 @@ class ReservoirSample:
     """
 
     def __init__(self, size: int = 500, seed: int = 0) -> None:
-        if size < 1:
-            raise ValueError(f"size must be a positive int, got {size}")
-        self.size = size
+        self.size = check_int("size", size, 1, "a positive int")
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self.reset()
@@ -118,6 +118,39 @@ class ReservoirSample:
             rows = rows[index]
         self._keys, self._rows = keys, rows
         return self
+
+    def merged_across_ranks(self, num_features: int, group: Any = None) -> ReservoirSample:
+        """A new sample of the rows of every ``torch.distributed`` rank (this one is left untouched).
+
+        The smallest keys of the union are a uniform sample of every rank's
+        rows together, as if one process had seen them all. Each rank puts its
+        keys and rows in its own slot of a ``(world, size)`` buffer and one
+        sum over ranks assembles them: no matrix is gathered per rank, and
+        every rank gets the same sample.
+        """
+        world, rank = get_world_size(group), get_rank(group)
+        device = communication_device(group)
+        # Each rank fills only its own slot; the other slots stay zero, so one sum assembles them all.
+        keys = torch.zeros(world, self.size, dtype=torch.float64, device=device)
+        rows = torch.zeros(world, self.size, num_features, dtype=torch.float64, device=device)
+        present = torch.zeros(world, self.size, dtype=torch.float64, device=device)
+        if self._rows is not None:
+            own = self._keys.to(device)  # type: ignore[union-attr]
+            valid = torch.isfinite(own)  # infinite keys: rows of rejected batches
+            kept = own.shape[0]
+            keys[rank, :kept] = torch.where(valid, own, torch.zeros_like(own))
+            rows[rank, :kept] = self._rows.to(device)
+            present[rank, :kept] = valid.to(torch.float64)
+        for tensor in (keys, rows, present):
+            torch.distributed.all_reduce(tensor, group=group)
+        keys = torch.where(present > 0, keys, torch.full_like(keys, math.inf)).flatten()
+        merged = ReservoirSample(self.size, self.seed)
+        available = int((present > 0).sum())
+        if available:
+            keys, index = torch.topk(keys, min(self.size, available), largest=False)
+            home = self._rows.device if self._rows is not None else device
+            merged._keys, merged._rows = keys.to(home), rows.flatten(0, 1)[index].to(home)
+        return merged
 
     def share_generators(self, other: ReservoirSample) -> None:
         """Draw keys from ``other``'s generators from now on (a fresh epoch continues its stream)."""

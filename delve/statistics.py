@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import metrics
+from .accumulator import FeatureAccumulator
 from .activity import DEFAULT_DORMANT_TAU, MeanAbsoluteActivity, dormant_fraction
 from .compat import strip_mode_suffix
 from .metrics import Spectrum
@@ -45,35 +46,6 @@ __all__ = [
 
 #: Logged per layer and mode by the tracker itself: batches left out for NaN or Inf.
 NONFINITE_BATCHES = "nonfinite-batches"
-
-
-class FeatureAccumulator(Protocol):
-    """Extra per-layer state a statistic needs beyond the covariance.
-
-    One instance is made per layer and mode; ``update`` receives the same
-    ``(..., d)`` observation rows as the covariance, on the hot path, so it
-    must not synchronise with the device. ``accepted`` is the covariance's
-    verdict on the batch (``False`` when it held NaN or Inf): a Python bool on
-    a CPU, a 0-d bool tensor on accelerators. Honour it, so that every
-    statistic of a layer rests on the same rows.
-
-    ``merge`` adds another instance's rows in place (an epoch put back after a
-    failed computation); ``merged_across_ranks`` returns a new instance
-    holding the rows of every ``torch.distributed`` rank, given the layer's
-    feature size (a rank that saw no rows passes a fresh instance).
-    """
-
-    def update(self, rows: torch.Tensor, accepted: bool | torch.Tensor) -> None: ...
-
-    def reset(self) -> None: ...
-
-    def merge(self, other: Any) -> Any: ...
-
-    def merged_across_ranks(self, num_features: int, group: Any = None) -> Any: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -269,11 +241,22 @@ for _statistic in (
         "idim",
         "intrinsic-dimensionality",
         lambda s: metrics.intrinsic_dimensionality(s.spectrum.values, s.threshold),
-        "k: the fewest eigen-directions holding sat_threshold (0.99) of the variance",
+        "k: the fewest eigen-directions holding ``sat_threshold`` (0.99) of the variance",
         bounds=(0.0, None),
     ),
-    Statistic("cov", "covariance-matrix", lambda s: s.covariance.cpu().numpy(), "Q itself (array)", scalar=False),
-    Statistic("det", "covariance-log-determinant", lambda s: metrics.log_determinant(s.spectrum.values), "ln det(Q)"),
+    Statistic(
+        "cov",
+        "covariance-matrix",
+        lambda s: s.covariance.cpu().numpy(),
+        "Q itself (array; ``npy`` writer)",
+        scalar=False,
+    ),
+    Statistic(
+        "det",
+        "covariance-log-determinant",
+        lambda s: metrics.log_determinant(s.spectrum.values),
+        "natural log of det(Q)",
+    ),
     Statistic(
         "trc",
         "covariance-trace",

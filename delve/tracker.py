@@ -26,7 +26,7 @@ from .config import PARAMETERS_DOC, TrackerConfig
 from .hooks import ForwardOrder, attach_hooks, holds_compiled_wrapper, module_device
 from .layers import TrackedLayer, discover_layers
 from .naming import RunRecord
-from .recording import LayerRecorder, ModeState
+from .recording import LayerRecorders, ModeState
 from .statistics import NONFINITE_BATCHES
 from .torch_features import reset_compiler
 from .writers.registry import build_writer
@@ -90,8 +90,8 @@ class SaturationTracker:
         if config.verbose:
             _enable_console_logging()
 
-        settings = config.recording_settings()
-        self._recorders = {layer.name: LayerRecorder(layer.name, settings) for layer in self.layers}
+        self._settings = config.recording_settings()
+        self._recorders = LayerRecorders([layer.name for layer in self.layers], self._settings)
         self._layer_modules = {layer.name: layer.module for layer in self.layers}
         self._forward_order = ForwardOrder()
         self._recording = True
@@ -157,8 +157,7 @@ class SaturationTracker:
 
     def reset(self) -> None:
         """Empty every accumulator (done by :meth:`add_saturations` by default)."""
-        for recorder in self._recorders.values():
-            recorder.reset()
+        self._recorders.reset()
 
     # ----------------------------------------------------------- computation
     def compute_saturations(self) -> dict[str, Any]:
@@ -175,7 +174,7 @@ class SaturationTracker:
             ``{"<mode>-<statistic>_<layer>": value}`` in forward order; scalar
             statistics are floats or ints, ``cov`` and ``embed`` numpy arrays.
         """
-        return self._compute(self._take(reset=False))
+        return self._compute(self._recorders.take(reset=False))
 
     def add_saturations(self, save: bool = True) -> dict[str, Any]:
         """Compute, log and reset: call once per epoch.
@@ -199,13 +198,12 @@ class SaturationTracker:
             The values logged, as :meth:`compute_saturations` returns them.
         """
         reset = self.config.reset_covariance
-        taken = self._take(reset=reset)
+        taken = self._recorders.take(reset=reset)
         try:
             values = self._compute(taken)
         except BaseException:
-            if reset:
-                for name, states in taken.items():
-                    self._recorders[name].give_back(states)
+            if reset:  # nothing is lost when a statistic fails: the epoch's rows go back
+                self._recorders.give_back(taken)
             raise
         epoch = self.epoch
         try:
@@ -214,20 +212,19 @@ class SaturationTracker:
             self._written = self._written or bool(values)
             self.epoch += 1
             if not reset:
-                for recorder in self._recorders.values():
-                    recorder.restart_counters()
+                self._recorders.restart_counters()
         logger.info("delve epoch %d: %d values logged", epoch, len(values))
         return values
 
-    def _take(self, reset: bool) -> dict[str, dict[str, ModeState]]:
-        return {name: recorder.take(reset) for name, recorder in self._recorders.items()}
+    def _devices(self) -> dict[str, torch.device]:
+        """Where each layer's state lives: ``device=``, else the layer's own device."""
+        return {name: self.config.device or module_device(module) for name, module in self._layer_modules.items()}
 
     def _compute(self, taken: Mapping[str, Mapping[str, ModeState]]) -> dict[str, Any]:
-        """The logged values of states taken by :meth:`_take` (no hook can change them any more)."""
+        """The logged values of states taken off the recorders (no hook can change them any more)."""
         config = self.config
-        devices = {name: config.device or module_device(module) for name, module in self._layer_modules.items()}
         moments = collect_moments(
-            taken, self.layer_names, config.extra_accumulators, config.process_group, devices, config.sync_ranks
+            taken, self.layer_names, self._settings, config.process_group, self._devices(), config.sync_ranks
         )
         logged = compute_statistics(
             moments, config.stats, config.sat_threshold, config.layerwise_sat, config.average_sat
@@ -298,7 +295,7 @@ class SaturationTracker:
         torch.float64
         >>> tracker.close()
         """
-        layers = {name: recorder.state_dict() for name, recorder in self._recorders.items()}
+        layers = self._recorders.state_dict()
         return pack_state(self.epoch, self._forward_order.names(), layers, self.config.observation.generator)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -322,9 +319,7 @@ class SaturationTracker:
             self._writers_resumed_at = epoch
         self.epoch = epoch
         self._forward_order.replace([name for name in state["forward_order"] if name in self._recorders])
-        for name, recorder_state in state["layers"].items():
-            device = self.config.device or module_device(self._layer_modules[name])
-            self._recorders[name].load_state_dict(recorder_state, device)
+        self._recorders.load_state_dict(state["layers"], self._devices())
         generator = self.config.observation.generator
         if generator is not None and "positions_generator" in state:
             generator.set_state(state["positions_generator"])

@@ -102,6 +102,23 @@ def test_statistics_table_matches_the_registry() -> None:
     assert set(documented) == set(listed)
 
 
+def test_statistics_table_describes_each_statistic_as_its_record_does() -> None:
+    """The value column is the record's description (wrapped lines joined)."""
+    table = section("Statistics").split("=========  ", 1)[1]
+    descriptions: dict[str, str] = {}
+    key = None
+    for line in table.splitlines():
+        match = re.match(r"^``(\w+)``\s+``[\w-]+``\s+(.*)$", line)
+        if match:
+            key = match.group(1)
+            descriptions[key] = match.group(2).strip()
+        elif key and line.startswith(" " * 20) and line.strip():
+            descriptions[key] += " " + line.strip()
+    assert descriptions
+    for key, description in descriptions.items():
+        assert description == STATISTICS[key].description, key
+
+
 def test_writers_table_names_registered_keys() -> None:
     keys = re.findall(r"^``(\w+)``\s{2,}", section("Writers"), re.M)
     assert keys[0] == "save_to"  # the header

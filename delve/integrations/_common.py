@@ -5,7 +5,6 @@ Nothing here imports a training framework, so the pieces are tested without one.
 
 from __future__ import annotations
 
-import logging
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config import TrackerConfig
 from ..tracker import SaturationTracker
 
 __all__ = [
@@ -61,9 +61,10 @@ def check_tracker_arguments(
 ) -> None:
     """Raise at construction what the tracker would only raise once training has started.
 
-    A throwaway tracker on a one-unit layer, writing nothing, runs the
-    constructor's own checks (statistic keys, thresholds, writer keys,
-    unknown keyword arguments) with its own messages.
+    :class:`~delve.config.TrackerConfig` runs the tracker's own checks
+    (statistic keys, thresholds, writer keys, unknown keyword arguments) with
+    its own messages, without a model. Checks that need the model (layer
+    names) or the process group (ranks) wait for the real tracker.
 
     Raises
     ------
@@ -83,26 +84,19 @@ def check_tracker_arguments(
     for key, reason in _RESERVED.items():
         if key in tracker_kwargs:
             raise ValueError(f"{owner} does not take {key}=: {reason}")
-    probe_kwargs = {key: value for key, value in tracker_kwargs.items() if key not in _NEEDS_MODEL}
+    options = {key: value for key, value in tracker_kwargs.items() if key not in _NEEDS_MODEL}
     # No process group exists yet (ddp_spawn starts it later): the rank checks wait for the real tracker.
-    probe_kwargs["sync_ranks"] = False
-    # The probe's own log lines ("delve tracks 1 layers") would only confuse.
-    delve_logger = logging.getLogger("delve")
-    was_disabled, delve_logger.disabled = delve_logger.disabled, True
+    options["sync_ranks"] = False
     try:
-        probe = SaturationTracker(
+        TrackerConfig.from_arguments(
             savefile if savefile is not None else "delve",
             save_to=save_to if save_to is not None else "csv",
-            modules=nn.Linear(1, 1),
             stats=stats,
             nosave=True,
-            **probe_kwargs,
+            **options,
         )
-        probe.close()
     except TypeError as error:
         raise TypeError(f"{owner}: {error} (keyword arguments go to delve.SaturationTracker)") from error
-    finally:
-        delve_logger.disabled = was_disabled
 
 
 def build_tracker(

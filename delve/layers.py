@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from .naming import layer_name
-from .observations import find_observer
+from .observations import ObserverEntry, find_observer
 
-__all__ = ["TrackedLayer", "discover_layers", "unwrap_model", "LayerFilter"]
+__all__ = ["TrackedLayer", "discover_layers", "unwrap_model", "untracked_weighted_classes", "LayerFilter"]
 
 LayerFilter = Callable[[str], bool] | str | Sequence[str] | None
 
 
 @dataclass(frozen=True)
 class TrackedLayer:
-    """A module to hook, the name used in every output, and its kind."""
+    """A module to hook, the name used in every output, its kind and its observer."""
 
     name: str
     module: nn.Module
     kind: str
     qualified_name: str
+    observer: ObserverEntry | None = None
 
 
 def unwrap_model(module: nn.Module) -> nn.Module:
@@ -51,6 +53,48 @@ def _walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         return
     for child_name, child in module.named_children():
         yield from _walk(child, f"{prefix}.{child_name}" if prefix else child_name)
+
+
+def _roots(modules: object) -> list[nn.Module]:
+    if isinstance(modules, nn.Module):
+        return [unwrap_model(modules)]
+    values = modules.values() if isinstance(modules, Mapping) else modules
+    return [unwrap_model(m) for m in values if isinstance(m, nn.Module)]  # type: ignore[union-attr]
+
+
+def untracked_weighted_classes(modules: object) -> list[str]:
+    """Classes of leaf modules holding a weight matrix that no observer knows (embeddings excepted).
+
+    Such a module computes a projection delve could track but does not: a
+    custom layer, or a library's own linear layer. Those inside a tracked
+    layer (MultiheadAttention's ``out_proj``) are its business.
+
+    Examples
+    --------
+    >>> class Gate(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.weight = nn.Parameter(torch.ones(3, 3))
+    >>> import torch
+    >>> untracked_weighted_classes(nn.Sequential(nn.Linear(3, 3), Gate(), nn.Embedding(5, 3)))
+    ['Gate']
+    """
+    found: dict[str, None] = {}
+
+    def visit(module: nn.Module) -> None:
+        if find_observer(module) is not None:
+            return
+        children = list(module.children())
+        if not children:
+            weighted = any(p.ndim >= 2 for p in module.parameters(recurse=False))
+            if weighted and not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                found.setdefault(type(module).__qualname__)
+        for child in children:
+            visit(child)
+
+    for root in _roots(modules):
+        visit(root)
+    return list(found)
 
 
 def _candidates(modules: object) -> list[tuple[str, str, nn.Module]]:
@@ -174,7 +218,7 @@ def discover_layers(
         assert entry is not None
         if entry.kind == "conv" and not include_conv:
             continue
-        layers.append(TrackedLayer(display, module, entry.kind, qualified))
+        layers.append(TrackedLayer(display, module, entry.kind, qualified, entry))
     if not layers:
         raise ValueError(
             "nothing to track: no Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, RNN, LSTM, GRU "
@@ -185,6 +229,15 @@ def discover_layers(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"several tracked layers share the names {duplicates}; pass a dict of unique names")
+    untracked = untracked_weighted_classes(modules)
+    if untracked:
+        warnings.warn(
+            f"delve does not track modules of the classes {', '.join(untracked)}: they hold weight matrices "
+            "but no observer knows their output. Register one with delve.register_observer(TheClass, "
+            "lambda module, output, config: output) to track them.",
+            UserWarning,
+            stacklevel=3,
+        )
     return layers
 
 

@@ -12,8 +12,10 @@ Users extend it with :func:`register_observer`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,18 +100,24 @@ class ObserverEntry:
 
 
 _REGISTRY: dict[type, ObserverEntry] = {}
+# Types named by their import path ("transformers.pytorch_utils.Conv1D"): known without importing
+# their library, matched when a model holds one.
+_BY_PATH: dict[str, ObserverEntry] = {}
 
 
 def register_observer(
-    module_type: type[nn.Module], observer: Observer, kind: str = "custom", replace: bool = False
+    module_type: type[nn.Module] | str, observer: Observer, kind: str = "custom", replace: bool = False
 ) -> None:
     """Teach delve how to read the output of ``module_type`` (and its subclasses).
 
     Parameters
     ----------
-    module_type : type
-        An ``nn.Module`` subclass. Modules of this type are tracked when a
-        whole model is handed to the tracker.
+    module_type : type or str
+        An ``nn.Module`` subclass, or its import path (``"package.module.Class"``)
+        for a class of a library that need not be installed or imported:
+        nothing is imported, the path is matched against the classes of the
+        models delve is given. Modules of this type are tracked when a whole
+        model is handed to the tracker.
     observer : callable
         ``observer(module, output, config) -> Tensor`` of shape ``(..., d)``,
         leading dimensions being samples. ``config`` is an
@@ -129,29 +137,45 @@ def register_observer(
     ...         return {"features": 2 * x}
     >>> register_observer(Scale, lambda module, output, config: output["features"])
     """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise ValueError(f"module_type must be an nn.Module subclass, got {module_type!r}")
     if not callable(observer):
         raise ValueError("observer must be callable as observer(module, output, config)")
-    if module_type in _REGISTRY and not replace:
-        raise ValueError(
-            f"an observer is already registered for {module_type.__name__}; pass replace=True to replace it"
-        )
-    _REGISTRY[module_type] = ObserverEntry(observer, kind)
+    if isinstance(module_type, str):
+        if not _CLASS_PATH.match(module_type):
+            raise ValueError(f"a class path looks like 'package.module.Class', got {module_type!r}")
+        registry: dict[Any, ObserverEntry] = _BY_PATH
+        label = module_type
+    elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
+        registry, label = _REGISTRY, module_type.__name__
+    else:
+        raise ValueError(f"module_type must be an nn.Module subclass or its import path, got {module_type!r}")
+    if module_type in registry and not replace:
+        raise ValueError(f"an observer is already registered for {label}; pass replace=True to replace it")
+    registry[module_type] = ObserverEntry(observer, kind)
+
+
+_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
 def find_observer(module: nn.Module) -> ObserverEntry | None:
     """The registered observer for ``module``'s type or its nearest base class."""
     for klass in type(module).__mro__:
         entry = _REGISTRY.get(klass)
+        if entry is None and _BY_PATH:
+            entry = _BY_PATH.get(f"{klass.__module__}.{klass.__qualname__}")
         if entry is not None:
             return entry
     return None
 
 
-def observe(module: nn.Module, output: object, config: ObservationConfig, layer: str) -> torch.Tensor:
-    """Rows of ``module``'s output, raising a clear error for outputs it cannot read."""
-    entry = find_observer(module)
+def observe(
+    module: nn.Module, output: object, config: ObservationConfig, layer: str, entry: ObserverEntry | None = None
+) -> torch.Tensor:
+    """Rows of ``module``'s output, raising a clear error for outputs it cannot read.
+
+    ``entry`` is the module's observer when the caller already looked it up
+    (the recorder does so once, not at every forward pass).
+    """
+    entry = entry or find_observer(module)
     if entry is None:
         raise UnsupportedOutputError(_unsupported_message(module, output, layer))
     try:
@@ -287,3 +311,5 @@ for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTransp
 for _type in (nn.RNN, nn.LSTM, nn.GRU):
     register_observer(_type, observe_recurrent, kind="recurrent")
 register_observer(nn.MultiheadAttention, observe_attention, kind="attention")
+# GPT-2's projections: a Linear with transposed weights, (..., features) outputs.
+register_observer("transformers.pytorch_utils.Conv1D", observe_features_last, kind="linear")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from torch import nn
 from .accumulator import FeatureAccumulator
 from .covariance import TorchCovarianceMatrix
 from .kernels import to_device
-from .observations import ObservationConfig, observe
+from .observations import ObservationConfig, ObserverEntry, observe
 from .sampling import ReservoirSample
 from .torch_features import autocast_enabled
 
@@ -70,11 +70,14 @@ class LayerRecorder:
         The layer's name in every output.
     settings : RecordingSettings
         Shared by all layers of a tracker.
+    observer : ObserverEntry, optional
+        The layer's observer, looked up once; ``None`` looks it up per call.
     """
 
-    def __init__(self, name: str, settings: RecordingSettings) -> None:
+    def __init__(self, name: str, settings: RecordingSettings, observer: ObserverEntry | None = None) -> None:
         self.name = name
         self.settings = settings
+        self.observer = observer
         self.modes: dict[str, ModeState] = {}
         # Hooks may run concurrently (DataParallel replicas, user threads).
         self.lock = threading.Lock()
@@ -101,7 +104,7 @@ class LayerRecorder:
                 budget = settings.max_samples - state.rows_offered
                 if budget <= 0:
                     return False
-            rows = observe(module, output, settings.observation, self.name).detach()
+            rows = observe(module, output, settings.observation, self.name, self.observer).detach()
             if settings.device is not None and rows.device != settings.device:
                 # Every accumulator of the layer lives on the configured device.
                 rows = to_device(rows, settings.device)
@@ -235,8 +238,8 @@ class LayerRecorder:
 class LayerRecorders(Mapping[str, LayerRecorder]):
     """The recorders of every tracked layer, by name, with the operations a tracker runs on all of them."""
 
-    def __init__(self, names: Iterable[str], settings: RecordingSettings) -> None:
-        self._recorders = {name: LayerRecorder(name, settings) for name in names}
+    def __init__(self, observers: Mapping[str, ObserverEntry | None], settings: RecordingSettings) -> None:
+        self._recorders = {name: LayerRecorder(name, settings, observer) for name, observer in observers.items()}
 
     def __getitem__(self, name: str) -> LayerRecorder:
         return self._recorders[name]

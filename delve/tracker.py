@@ -91,7 +91,7 @@ class SaturationTracker:
             _enable_console_logging()
 
         self._settings = config.recording_settings()
-        self._recorders = LayerRecorders([layer.name for layer in self.layers], self._settings)
+        self._recorders = LayerRecorders({layer.name: layer.observer for layer in self.layers}, self._settings)
         self._layer_modules = {layer.name: layer.module for layer in self.layers}
         self._forward_order = ForwardOrder()
         self._recording = True

@@ -20,7 +20,7 @@ from . import distributed
 from .metrics import spectra
 from .naming import MODES, RunRecord, compose_name
 from .recording import ModeState, RecordingSettings
-from .statistics import NONFINITE_BATCHES, STATISTICS, LayerSummary
+from .statistics import NONFINITE_BATCHES, ROWS, STATISTICS, LayerSummary
 
 __all__ = ["LayerMoments", "LoggedValue", "collect_moments", "compute_statistics", "describe_run"]
 
@@ -146,6 +146,7 @@ def compute_statistics(
     threshold: float,
     layerwise: bool = True,
     average: bool = False,
+    rows: bool = False,
 ) -> list[LoggedValue]:
     """Every requested statistic of every layer and mode.
 
@@ -161,13 +162,15 @@ def compute_statistics(
         ``False`` leaves out the per-layer values of averaged statistics.
     average : bool
         Also give the mean over layers of every averaged statistic.
+    rows : bool
+        Also give the rows each layer and mode merged (``<mode>-rows_<layer>``).
 
     Returns
     -------
     list of LoggedValue
-        Per layer and mode, the statistics in ``keys`` order; then the
-        averages per mode; then the rejected-batch counts (only where
-        batches were rejected).
+        Per layer and mode, the statistics in ``keys`` order (and the rows);
+        then the averages per mode; then the rejected-batch counts (only
+        where batches were rejected).
 
     Examples
     --------
@@ -200,6 +203,8 @@ def compute_statistics(
                 if not layerwise:
                     continue
             values.append(LoggedValue(layer.mode, layer.layer, statistic.name, value))
+        if rows:
+            values.append(LoggedValue(layer.mode, layer.layer, ROWS, layer.count))
     if average:
         for mode in MODES:
             for statistic in statistics:
@@ -212,7 +217,7 @@ def compute_statistics(
     return values
 
 
-def describe_run(layers: Sequence[str], keys: Sequence[str], average: bool = False) -> RunRecord:
+def describe_run(layers: Sequence[str], keys: Sequence[str], average: bool = False, rows: bool = False) -> RunRecord:
     """The names :func:`compute_statistics` can log for these layers and keys.
 
     Examples
@@ -224,6 +229,6 @@ def describe_run(layers: Sequence[str], keys: Sequence[str], average: bool = Fal
     statistics = [STATISTICS[key] for key in keys]
     return RunRecord(
         layers=tuple(layers),
-        statistics=(*(s.name for s in statistics), NONFINITE_BATCHES),
+        statistics=(*(s.name for s in statistics), NONFINITE_BATCHES, *((ROWS,) if rows else ())),
         mode_statistics=tuple(s.average_name for s in statistics if s.averaged) if average else (),
     )

@@ -7,6 +7,7 @@ accepted values before any hook exists, and nothing changes it afterwards.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,15 +16,17 @@ import torch
 
 from . import ranks
 from .compat import split_positional_writer_args
+from .cost import CostModel
 from .observations import ObservationConfig
+from .precision import PRECISIONS
 from .recording import RecordingSettings
+from .sampling import RowSampler
 from .statistics import STATISTICS, resolve_stats
-from .validation import check_choice, check_device, check_fraction, check_int, check_optional_int
+from .validation import check_choice, check_device, check_fraction, check_int, check_optional_int, check_positive
 from .writers.registry import check_save_to
 
-__all__ = ["TrackerConfig", "PRECISIONS", "DEFAULT_EMBED_SIZE", "PARAMETERS_DOC"]
+__all__ = ["TrackerConfig", "DEFAULT_EMBED_SIZE", "PARAMETERS_DOC"]
 
-PRECISIONS = ("float64", "float32")
 DEFAULT_EMBED_SIZE = 500
 
 #: The tracker's arguments, documented once beside their validation; part of
@@ -89,11 +92,16 @@ interpolation_strategy : str, optional
     this interpolation mode before recording.
 interpolation_downsampling : int
     Largest spatial side kept when ``interpolation_strategy`` is set.
-precision : {"float64", "float32"}
+precision : {"auto", "float64", "float32", "tf32"}
     Precision of each batch's Gram product; the running state is always
-    float64. ``"float32"`` is faster, at a relative error below 1e-6
-    (6.4e-7 at worst in docs/performance.rst); on a CPU, batches of fewer
-    than ``d / 8`` rows still use float64 products, which cost less there.
+    float64. ``"auto"`` (default): float64 on CPUs and on GPUs with a fast
+    float64 path (compute capability 8.0, 9.0, 10.0), float32 elsewhere; the
+    choice is said once. ``"float32"`` is faster where float64 is slow, at a
+    relative error below 1e-6 (docs/performance.rst); ``"tf32"`` also lets
+    CUDA (Ampere and later) use TensorFloat-32 products, with a larger error
+    (same page). On a CPU, products of fewer than ``d / 8`` rows are float64
+    anyway: there they cost less. A layer on Apple's MPS (no float64) keeps
+    its state on the CPU, with a one-time notice.
 embed_size : int
     Rows kept per layer and mode for the ``embed`` statistic.
 write_rank : int or None
@@ -107,6 +115,13 @@ sync_ranks : bool
     Merge the accumulators of all ranks at :meth:`add_saturations`
     (default). ``False`` keeps every rank's statistics to itself, for
     ranks that train different models.
+max_overhead : float or None
+    A cost budget: each layer records a random subset of its rows (samples,
+    tokens, positions) per batch, sized so that the estimated tracking work
+    stays within this share of the tracked layers' training work (``0.05``:
+    5 %), spread so that layers get similar rows per feature. ``None``
+    (default) records every row. The rows merged are logged as
+    ``<mode>-rows_<layer>``; see :meth:`cost` and the performance docs.
 max_positions : int or None
     With ``conv_method="channelwise"``, record at most about this many
     spatial positions per feature map and batch: every ``k``-th position
@@ -149,11 +164,12 @@ class TrackerConfig:
     verbose: bool = False
     device: torch.device | None = None
     initial_epoch: int = 0
-    precision: str = "float64"
+    precision: str = "auto"
     embed_size: int = DEFAULT_EMBED_SIZE
     write_rank: int | None = 0
     process_group: Any = None
     sync_ranks: bool = True
+    max_overhead: float | None = None
 
     @classmethod
     def from_arguments(
@@ -179,12 +195,13 @@ class TrackerConfig:
         initial_epoch: int = 0,
         interpolation_strategy: str | None = None,
         interpolation_downsampling: int = 32,
-        precision: str = "float64",
+        precision: str = "auto",
         embed_size: int = DEFAULT_EMBED_SIZE,
         write_rank: int | None = 0,
         process_group: Any = None,
         sync_ranks: bool = True,
         max_positions: int | None = None,
+        max_overhead: float | None = None,
     ) -> TrackerConfig:
         """Validate the tracker's arguments; raises ``ValueError`` naming the accepted values."""
         layer_filter, writer_args = split_positional_writer_args(layer_filter, writer_args)
@@ -231,10 +248,13 @@ class TrackerConfig:
             write_rank=write_rank,
             process_group=process_group,
             sync_ranks=bool(sync_ranks),
+            max_overhead=None if max_overhead is None else check_positive("max_overhead", max_overhead),
         )
 
     def recording_settings(self) -> RecordingSettings:
-        """What every layer's recorder needs to know."""
+        """What every layer's recorder needs to know (a new cost model and row sampler each call)."""
+        rank = ranks.get_rank(self.process_group)
+        budgeted = self.max_overhead is not None
         return RecordingSettings(
             observation=self.observation,
             log_interval=self.log_interval,
@@ -243,7 +263,9 @@ class TrackerConfig:
             precision=self.precision,
             sample_size=self.sample_size,
             extra_accumulators=self.extra_accumulators,
-            seed=ranks.get_rank(self.process_group),
+            seed=rank,
+            costs=CostModel(self.max_overhead),
+            sampler=RowSampler(seed=zlib.crc32(f"rows/{rank}".encode())) if budgeted else None,
         )
 
     @property

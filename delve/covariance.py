@@ -35,13 +35,14 @@ import torch
 
 from . import kernels
 from .kernels import Route, to_device
-from .merges import Moments, merge_on_cpu, merge_on_device, merge_sliced
+from .merges import Moments, PendingRows, merge_on_cpu, merge_on_device, merge_sliced, pending_capacity, upper_indices
+from .precision import PRECISIONS, resolve_precision, tf32_products
 from .validation import check_choice
 
 __all__ = ["TorchCovarianceMatrix", "EmptyCovarianceError", "STATE_VERSION"]
 
 #: Version of :meth:`TorchCovarianceMatrix.state_dict`'s layout; older states are migrated on loading.
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class EmptyCovarianceError(RuntimeError):
@@ -58,12 +59,11 @@ class TorchCovarianceMatrix:
         first batch, so no data is copied between devices.
     dtype : torch.dtype, default torch.float64
         Precision of the running state. float64 is strongly recommended.
-    precision : {"float64", "float32"}, default "float64"
-        Precision of the per-batch Gram product. ``"float32"`` is faster
-        (TF32 on recent GPUs when enabled); each batch is centred (or shifted
-        by the running mean) before its product, so the error does not grow
-        with the mean. On a CPU, batches of fewer than ``d / 8`` rows are
-        multiplied in float64 anyway: for them that is the cheaper product.
+    precision : {"auto", "float64", "float32", "tf32"}, default "auto"
+        Precision of the per-batch Gram product (the state is ``dtype``); see
+        :func:`delve.precision.resolve_precision`. Batches are centred (or
+        shifted by the running mean) first, so the error does not grow with
+        the mean.
 
     Examples
     --------
@@ -77,29 +77,28 @@ class TorchCovarianceMatrix:
     """
 
     def __init__(
-        self,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float64,
-        precision: str = "float64",
+        self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64, precision: str = "auto"
     ) -> None:
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-        check_choice("precision", precision, ("float64", "float32"))
+        self.precision = check_choice("precision", precision, PRECISIONS)
         self.device = torch.device(device) if device is not None else None
         self.dtype = dtype
-        self.precision = precision
-        self._product_dtype = torch.float32 if precision == "float32" else dtype
+        self._product_dtype = dtype  # resolved against the device at the first batch
+        self._tf32 = False
         self.reset()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget every observation."""
         self._moments: Moments | None = None
+        self._pending: PendingRows | None = None
         self._rejected = 0
 
     @property
     def count(self) -> int:
         """Number of observation rows merged since the last reset."""
+        self.flush()
         self._sync_device_counters()
         return 0 if self._moments is None else self._moments.count
 
@@ -120,9 +119,22 @@ class TorchCovarianceMatrix:
         self._require_data()
         return self._moments.mean  # type: ignore[union-attr]
 
+    def flush(self) -> None:
+        """Merge the small batches held back (see :class:`~delve.merges.PendingRows`); reading does it too."""
+        pending, moments = self._pending, self._moments
+        if pending is None or not pending.count or moments is None:
+            return
+        rows = pending.rows()
+        if not merge_on_cpu(moments, rows, self._route(rows.shape[0], rows.shape[1], rows.dtype)):
+            self._rejected += 1  # only a float32 product can overflow where the rows did not
+        pending.clear()
+
     def _allocate(self, d: int, device: torch.device) -> Moments:
         if self.device is None:
             self.device = device
+        resolved = resolve_precision(self.precision, self.device)
+        self._product_dtype = torch.float32 if resolved in ("float32", "tf32") else self.dtype
+        self._tf32 = resolved == "tf32"
         moments = Moments(
             mean=torch.zeros(d, dtype=self.dtype, device=self.device),
             comoment=torch.zeros(d, d, dtype=self.dtype, device=self.device),
@@ -156,45 +168,22 @@ class TorchCovarianceMatrix:
 
     # ----------------------------------------------------------------- update
     def update(self, x: torch.Tensor) -> None:
-        """Merge one batch of observations (:meth:`update_rows` also says whether it was merged).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Shape ``(n, d)``, any floating dtype, rows are observations.
-
-        Raises
-        ------
-        ValueError
-            If ``x`` is not 2-D, not floating point, or its feature size
-            differs from earlier batches.
-        """
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"update() expects a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 2:
-            raise ValueError(
-                f"update() expects a 2-D (samples, features) tensor, got shape {tuple(x.shape)}"
-            )
+        """Merge an ``(n, d)`` batch, rows being observations; ``ValueError`` for any other shape."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 2:
+            shown = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"update() expects a 2-D (samples, features) torch.Tensor, got {shown}")
         self.update_rows(x)
 
     @torch.no_grad()
     def update_rows(self, x: torch.Tensor) -> bool | torch.Tensor:
         """Merge a batch whose leading dimensions are all samples.
 
-        ``x`` has shape ``(..., d)``. A strided view (for example the
-        ``(N, H*W, C)`` view of a convolution output) is copied once, in its
-        own memory order, into the buffer the product reads, so no separate
-        permute copy is made. Large batches are merged in slices (exactly).
-        A batch holding NaN or Inf is not merged, whole, on every route; it is
-        counted in :attr:`rejected_batches` instead.
-
-        Returns
-        -------
-        bool or torch.Tensor
-            Whether the batch was merged: a Python bool on a CPU, a 0-d bool
-            tensor on accelerators (reading it would synchronise the host).
-            Other accumulators fed with the same rows follow this verdict, so
-            every statistic rests on the same rows.
+        ``x`` has shape ``(..., d)``; a strided view (a convolution's
+        ``(N, H*W, C)``) is read in its own memory order, not copied first.
+        A batch holding NaN or Inf is left out whole, on every route, and
+        counted in :attr:`rejected_batches`. Returns whether it was merged: a
+        bool on a CPU, a 0-d bool tensor on accelerators (reading it would
+        synchronise); other accumulators fed the same rows follow it.
         """
         if not x.is_floating_point():
             raise ValueError(f"observations must be floating point, got dtype {x.dtype}")
@@ -214,8 +203,11 @@ class TorchCovarianceMatrix:
             x = x.unsqueeze(0)
         route = self._route(n, d, x.dtype)
         if route.on_device:
-            return merge_on_device(moments, x, route)
-        if route.slice_bytes is None:
+            with tf32_products(route.tf32):
+                return merge_on_device(moments, x, route)
+        if self._holds(n, d, x.dtype):
+            accepted = self._hold(x, n, d)
+        elif route.slice_bytes is None:
             accepted = merge_on_cpu(moments, x, route)
         else:
             accepted = merge_sliced(moments, x, route, lambda part: self._route(part.numel() // d, d, part.dtype))
@@ -223,17 +215,30 @@ class TorchCovarianceMatrix:
             self._rejected += 1
         return accepted
 
+    def _holds(self, n: int, d: int, dtype: torch.dtype) -> bool:
+        """Whether a CPU batch of ``n`` rows is small enough to wait for others before a product."""
+        pending = self._pending
+        if pending is not None:
+            return 2 * n <= pending.buffer.shape[0] and dtype.itemsize <= pending.buffer.dtype.itemsize
+        return 2 * n <= pending_capacity(d, dtype)
+
+    def _hold(self, x: torch.Tensor, n: int, d: int) -> bool:
+        pending = self._pending
+        if pending is None:
+            buffer_dtype = torch.float64 if x.dtype.itemsize > 4 else torch.float32
+            pending = self._pending = PendingRows(pending_capacity(d, x.dtype), d, buffer_dtype, x.device)
+        if pending.room < n:
+            self.flush()
+        accepted = pending.add(x)
+        if not pending.room:
+            self.flush()
+        return accepted
+
     def _route(self, n: int, d: int, input_dtype: torch.dtype) -> Route:
         merged_before = self._moments is not None and self._moments.count > 0
         return kernels.choose_route(
-            n, d, input_dtype, self._product_dtype, self.dtype, self.device, merged_before  # type: ignore[arg-type]
+            n, d, input_dtype, self._product_dtype, self.dtype, self.device, merged_before, self._tf32  # type: ignore[arg-type]
         )
-
-    def _full_comoment(self) -> torch.Tensor:
-        """The co-moment with its lower triangle mirrored from the upper one."""
-        assert self._moments is not None
-        comoment = self._moments.comoment
-        return torch.triu(comoment) + torch.triu(comoment, diagonal=1).t()
 
     # ------------------------------------------------------------------ merge
     @torch.no_grad()
@@ -250,29 +255,31 @@ class TorchCovarianceMatrix:
         30
         """
         n_b = other.count
-        rejected_b = other.rejected_batches
+        self.flush()
         self._sync_device_counters()
-        self._rejected += rejected_b
-        if n_b == 0:
-            self._write_device_counters()
-            return self
-        other_mean = other.mean
-        d = other_mean.shape[0]
-        moments = self._moments if self._moments is not None else self._allocate(d, other_mean.device)
-        if d != moments.mean.shape[0]:
-            raise ValueError(f"cannot merge covariances of {d} and {moments.mean.shape[0]} features")
-        n_a = moments.count
-        n = n_a + n_b
-        delta = other_mean.to(moments.mean.device, self.dtype) - moments.mean
-        comoment = self._full_comoment().add_(other._full_comoment().to(moments.mean.device, self.dtype))
-        comoment.addr_(delta, delta, alpha=n_a * n_b / n)
-        moments.comoment = comoment
-        moments.mean.add_(delta, alpha=n_b / n)
-        moments.count = n
+        self._rejected += other.rejected_batches
+        if n_b:
+            d = other.mean.shape[0]
+            moments = self._moments if self._moments is not None else self._allocate(d, other.mean.device)
+            if d != moments.mean.shape[0]:
+                raise ValueError(f"cannot merge covariances of {d} and {moments.mean.shape[0]} features")
+            moments.absorb(other.mean, other.comoment(), n_b)
         self._write_device_counters()
         return self
 
     # -------------------------------------------------------------------- fix
+    @torch.no_grad()
+    def comoment(self) -> torch.Tensor:
+        """The centred co-moment ``M = sum_i (x_i - mean)(x_i - mean)^T``, a symmetric ``(d, d)`` matrix.
+
+        Raises
+        ------
+        EmptyCovarianceError
+            If no observation was merged since the last reset.
+        """
+        self._require_data()
+        return self._moments.full_comoment()  # type: ignore[union-attr]
+
     @torch.no_grad()
     def fix(self) -> torch.Tensor:
         """The population covariance ``M / n`` of every row since the last reset.
@@ -288,20 +295,28 @@ class TorchCovarianceMatrix:
             If no observation was merged since the last reset.
         """
         self._require_data()
-        return self._full_comoment().div_(self.count)
+        return self._moments.full_comoment().div_(self.count)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """Tensors only, so the state loads with ``torch.load(weights_only=True)``."""
-        count = self.count
+        """Tensors only, so the state loads with ``torch.load(weights_only=True)``.
+
+        The co-moment is stored as its upper triangle (row by row), half the
+        matrix; batches held back to be merged together are stored as they
+        are, so the accumulator that loads continues exactly like the one
+        that saved.
+        """
+        self._sync_device_counters()
+        moments, pending = self._moments, self._pending
         state = {
             "version": torch.tensor(STATE_VERSION, dtype=torch.int64),
-            "count": torch.tensor(count, dtype=torch.int64),
+            "count": torch.tensor(0 if moments is None else moments.count, dtype=torch.int64),
             "rejected_batches": torch.tensor(self._rejected, dtype=torch.int64),
         }
-        if self._moments is not None:
-            state["mean"] = self._moments.mean.clone()
-            state["comoment"] = self._full_comoment()
+        if moments is not None:
+            state.update(moments.packed())
+        if pending is not None and pending.count:
+            state["pending"] = pending.rows().clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -317,9 +332,13 @@ class TorchCovarianceMatrix:
         if "mean" in state:
             mean = state["mean"]
             moments = self._allocate(mean.shape[0], self.device or mean.device)
-            moments.mean.copy_(mean)
-            moments.comoment.copy_(state["comoment"])
-            moments.count = int(state["count"])
+            moments.unpack(state, int(state["count"]))
+            if "pending" in state:
+                held = state["pending"]
+                self._pending = PendingRows(
+                    pending_capacity(mean.shape[0], held.dtype), mean.shape[0], held.dtype, moments.mean.device
+                )
+                self._pending.add(held.to(moments.mean.device))
         self._rejected = int(state.get("rejected_batches", 0))
         self._write_device_counters()
 
@@ -335,8 +354,18 @@ def _from_unversioned(state: dict[str, Any]) -> dict[str, Any]:
     return dict(state)
 
 
+def _upper_triangle_only(state: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 stored the full symmetric co-moment; version 2 keeps its upper triangle.
+    state = dict(state)
+    if "comoment" in state:
+        full = state.pop("comoment")
+        rows, columns = upper_indices(full.shape[0], full.device)
+        state["comoment_upper"] = full[rows, columns]
+    return state
+
+
 #: ``version -> function`` turning a state of that version into one of the next.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_unversioned}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _from_unversioned, 1: _upper_triangle_only}
 
 
 def migrate(state: dict[str, Any]) -> dict[str, Any]:
@@ -345,7 +374,7 @@ def migrate(state: dict[str, Any]) -> dict[str, Any]:
     Examples
     --------
     >>> migrate({"count": torch.tensor(0)})["version"]
-    1
+    2
     """
     version = int(state.get("version", 0))
     if version > STATE_VERSION:

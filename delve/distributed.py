@@ -11,7 +11,7 @@ from three reductions, none of which gathers a ``d x d`` matrix per rank::
 
 Each rank shifts its own co-moment to the global mean before the sum, so the
 communication is one ``d x d`` all-reduce per layer and mode, whatever the
-number of ranks.
+number of ranks (its upper triangle only, the matrix being symmetric).
 
 Every rank must call :func:`merge_across_ranks` with the same list of slots in
 the same order (the tracker uses its layer list and the fixed modes, never
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .covariance import TorchCovarianceMatrix
+from .covariance import STATE_VERSION, TorchCovarianceMatrix
 from .ranks import communication_device, get_rank, get_world_size, is_distributed
 from .recording import ModeState
 from .sampling import ReservoirSample
@@ -142,20 +142,22 @@ def merge_across_ranks(
             sums[start:stop] = accumulator.mean.to(device, torch.float64) * accumulator.count
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
 
-    # 3. each rank shifts its co-moment to the global mean; one d x d all_reduce per slot.
+    # 3. each rank shifts its co-moment to the global mean; one all_reduce of its upper
+    #    triangle (half the d x d matrix) per slot.
     merged: list[TorchCovarianceMatrix | None] = [None] * slots
     for (slot, d), start, stop in zip(active, offsets, offsets[1:]):
         total = int(totals[slot, 0])
         mean = sums[start:stop] / total
+        rows, columns = torch.triu_indices(d, d, device=device)
         accumulator = accumulators[slot]
         if accumulator is not None and accumulator.count > 0:
             n_r = accumulator.count
             state = accumulator.state_dict()
-            comoment = state["comoment"].to(device, torch.float64)
+            comoment = state["comoment_upper"].to(device, torch.float64)
             shift = state["mean"].to(device, torch.float64) - mean
-            comoment.addr_(shift, shift, alpha=float(n_r))
+            comoment.add_(shift[rows] * shift[columns], alpha=float(n_r))
         else:
-            comoment = torch.zeros(d, d, dtype=torch.float64, device=device)
+            comoment = torch.zeros(rows.shape[0], dtype=torch.float64, device=device)
         dist.all_reduce(comoment, op=dist.ReduceOp.SUM, group=group)
         merged[slot] = _accumulator_from(
             accumulators[slot], devices[slot], device, total, int(totals[slot, 1]), mean, comoment
@@ -187,12 +189,13 @@ def _accumulator_from(
         precision=local.precision if local is not None else "float64",
     )
     state: dict[str, torch.Tensor] = {
+        "version": torch.tensor(STATE_VERSION, dtype=torch.int64),
         "count": torch.tensor(count, dtype=torch.int64),
         "rejected_batches": torch.tensor(rejected, dtype=torch.int64),
     }
     if mean is not None and comoment is not None:
         state["mean"] = mean.to(target)
-        state["comoment"] = comoment.to(target)
+        state["comoment_upper"] = comoment.to(target)  # the upper triangle, row by row
     merged.load_state_dict(state)
     return merged
 

@@ -9,10 +9,14 @@ on both sides come from their :class:`~delve.statistics.Statistic` record.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,8 +38,11 @@ __all__ = [
     "embedding_figure",
     "save_figure",
     "figure_to_rgb",
+    "draw_later",
     "DEFAULT_FONTSIZE",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_FONTSIZE = 11
 
@@ -316,3 +323,29 @@ def _format(value: float) -> str:
     if float(value).is_integer() and abs(value) < 1e6:
         return str(int(value))
     return f"{value:.3g}"
+
+
+_drawer: ThreadPoolExecutor | None = None
+_drawer_lock = threading.Lock()
+
+
+def draw_later(job: Callable[[], T]) -> Future[T]:
+    """Run a drawing job on delve's one drawing thread; the caller collects the result (or error).
+
+    Rendering a run's figures costs far more than computing its statistics
+    (matplotlib lays out every label), so the writers draw while training
+    goes on. One thread draws for every writer of the process, in order:
+    matplotlib is not thread-safe, and delve's own figures never overlap. The
+    thread finishes its jobs before the interpreter exits.
+
+    Examples
+    --------
+    >>> draw_later(lambda: 6 * 7).result()
+    42
+    """
+    global _drawer
+    with _drawer_lock:
+        if _drawer is None:
+            _drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delve-figures")
+            atexit.register(_drawer.shutdown, wait=True)
+        return _drawer.submit(job)

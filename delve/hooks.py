@@ -21,6 +21,7 @@ Three situations need care before a forward pass is recorded:
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -31,9 +32,19 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .recording import LayerRecorder
-from .torch_features import is_compiling
+from .torch_features import is_compiling, reset_compiler
 
-__all__ = ["HookOwner", "ForwardOrder", "ForwardHook", "attach_hooks", "holds_compiled_wrapper", "module_device"]
+logger = logging.getLogger("delve")
+
+__all__ = [
+    "HookOwner",
+    "ForwardOrder",
+    "ForwardHook",
+    "attach_hooks",
+    "holds_compiled_wrapper",
+    "reset_compiler_for",
+    "module_device",
+]
 
 
 class HookOwner(Protocol):
@@ -147,6 +158,13 @@ def attach_hooks(
     return [
         module.register_forward_hook(ForwardHook(owner, recorders[name], order)) for name, module in modules.items()
     ]
+
+
+def reset_compiler_for(modules: Any) -> None:
+    """Reset ``torch.compile``'s caches when ``modules`` is a compiled model, so it calls new hooks."""
+    if holds_compiled_wrapper(modules):
+        logger.info("delve: resetting torch.compile caches so the compiled model calls the new hooks")
+        reset_compiler()
 
 
 def holds_compiled_wrapper(modules: Any) -> bool:

@@ -86,12 +86,15 @@ class Route:
         Shift by the running mean instead of centring (see the module docstring).
     slice_bytes : int or None
         Merge in slices of about this many bytes; ``None``: in one piece.
+    tf32 : bool
+        TensorFloat-32 float32 products (``precision="tf32"`` on CUDA).
     """
 
     on_device: bool
     product_dtype: torch.dtype
     shifted: bool = False
     slice_bytes: int | None = None
+    tf32: bool = False
 
 
 def decides_on_device(device: torch.device) -> bool:
@@ -112,18 +115,20 @@ def choose_route(
     state_dtype: torch.dtype,
     device: torch.device,
     merged_before: bool,
+    tf32: bool = False,
 ) -> Route:
     """The route of a batch of ``rows`` x ``features`` values of ``input_dtype`` on ``device``.
 
     ``product_dtype`` is what the accumulator's precision asks for,
     ``state_dtype`` its running state's, ``merged_before`` whether the state
-    already holds rows (the shifted route needs a running mean).
+    already holds rows (the shifted route needs a running mean), ``tf32``
+    whether float32 products may use TensorFloat-32 (CUDA only).
 
     Examples
     --------
     >>> cpu = torch.device("cpu")
     >>> choose_route(16384, 64, torch.float32, torch.float32, torch.float64, cpu, True)
-    Route(on_device=False, product_dtype=torch.float32, shifted=True, slice_bytes=None)
+    Route(on_device=False, product_dtype=torch.float32, shifted=True, slice_bytes=None, tf32=False)
     >>> choose_route(65536, 64, torch.float32, torch.float32, torch.float64, cpu, True).slice_bytes
     8388608
     >>> choose_route(32, 1024, torch.float32, torch.float32, torch.float64, cpu, True).product_dtype
@@ -145,7 +150,8 @@ def choose_route(
         and rows >= SHIFTED_ROWS_PER_FEATURE * (features + 1)
         and _itemsize(input_dtype) <= _itemsize(product_dtype)
     )
-    return Route(on_device, product_dtype, shifted, limit if sliced else None)
+    tf32 = tf32 and product_dtype == torch.float32 and device.type == "cuda"
+    return Route(on_device, product_dtype, shifted, limit if sliced else None, tf32)
 
 
 def _itemsize(dtype: torch.dtype) -> int:

@@ -26,6 +26,10 @@ from .kernels import MAX_OFFSET_TO_STD, Route, add_gram, all_finite, centre, pai
 
 __all__ = [
     "Moments",
+    "PendingRows",
+    "PENDING_BYTES",
+    "pending_capacity",
+    "upper_indices",
     "merge_on_cpu",
     "merge_sliced",
     "merge_on_device",
@@ -66,6 +70,103 @@ class Moments:
     def clone(self) -> Moments:
         """A copy of the tensors (a snapshot to restore a partly merged batch)."""
         return Moments(self.mean.clone(), self.comoment.clone(), self.blocks, self.count)
+
+    def full_comoment(self) -> torch.Tensor:
+        """The co-moment with its lower triangle mirrored from the upper one."""
+        return torch.triu(self.comoment) + torch.triu(self.comoment, diagonal=1).t()
+
+    def absorb(self, mean: torch.Tensor, comoment: torch.Tensor, count: int) -> None:
+        """Merge another set of moments (mean, full co-moment, count) into these, in place."""
+        n_a, n = self.count, self.count + count
+        delta = mean.to(self.mean) - self.mean
+        merged = self.full_comoment().add_(comoment.to(self.comoment))
+        merged.addr_(delta, delta, alpha=n_a * count / n)
+        self.comoment = merged
+        self.mean.add_(delta, alpha=count / n)
+        self.count = n
+
+    def packed(self) -> dict[str, torch.Tensor]:
+        """Mean and the co-moment's upper triangle (row by row): half the matrix, for a checkpoint."""
+        rows, columns = upper_indices(self.mean.shape[0], self.mean.device)
+        return {"mean": self.mean.clone(), "comoment_upper": self.comoment[rows, columns]}
+
+    def unpack(self, state: dict[str, torch.Tensor], count: int) -> None:
+        """Restore what :meth:`packed` produced into these (zeroed) moments."""
+        self.mean.copy_(state["mean"])
+        rows, columns = upper_indices(self.mean.shape[0], self.mean.device)
+        self.comoment[rows, columns] = state["comoment_upper"].to(self.comoment)
+        self.count = count
+
+
+def upper_indices(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the upper triangle of a ``d x d`` matrix, row by row."""
+    rows, columns = torch.triu_indices(d, d, device=device)
+    return rows, columns
+
+
+#: Largest buffer of small batches held back per accumulator (see :class:`~delve.merges.PendingRows`).
+PENDING_BYTES = 32 * 2**20
+# Blocks of about d rows make the product compute-bound; narrower layers still gain from larger blocks.
+_MIN_BLOCK_ROWS = 128
+
+
+def pending_capacity(d: int, dtype: torch.dtype) -> int:
+    """Rows of the block small batches are gathered into before one product.
+
+    Examples
+    --------
+    >>> pending_capacity(64, torch.float32), pending_capacity(1024, torch.float32)
+    (128, 1024)
+    """
+    itemsize = 8 if dtype.itemsize > 4 else 4
+    return min(max(d, _MIN_BLOCK_ROWS), PENDING_BYTES // (itemsize * d))
+
+
+class PendingRows:
+    """Small batches held back and merged together in blocks of about ``d`` rows.
+
+    Merging a batch of ``n`` rows reads and writes the whole ``d x d`` state,
+    whatever ``n``: for a few rows (a budget's sample, a small batch of a wide
+    layer) that traffic costs more than the product. Rows wait here, in the
+    dtype they came in (float32 holds float16, bfloat16 and float32 values
+    exactly), until a block is full; a block is then one product.
+
+    Examples
+    --------
+    >>> pending = PendingRows(capacity=4, features=2, dtype=torch.float32, device=torch.device("cpu"))
+    >>> pending.add(torch.ones(3, 2)), pending.count, pending.room
+    (True, 3, 1)
+    >>> pending.rows().shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(self, capacity: int, features: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.buffer = torch.empty(capacity, features, dtype=dtype, device=device)
+        self.count = 0
+
+    @property
+    def room(self) -> int:
+        """Rows that still fit."""
+        return self.buffer.shape[0] - self.count
+
+    def add(self, x: torch.Tensor) -> bool:
+        """Copy ``(..., d)`` rows in (the caller checked they fit); ``False`` if they hold NaN or Inf."""
+        n = x.numel() // x.shape[-1]
+        block = self.buffer[self.count : self.count + n]
+        block.view(*x.shape[:-1], x.shape[-1]).copy_(x)
+        # Judged on the copy, which is small: a sum of the batch could overflow, its extremes cannot.
+        if not bool(all_finite(block)):
+            return False
+        self.count += n
+        return True
+
+    def rows(self) -> torch.Tensor:
+        """The rows held, ``(count, d)``."""
+        return self.buffer[: self.count]
+
+    def clear(self) -> None:
+        """Forget the rows held (after they were merged)."""
+        self.count = 0
 
 
 def merge_on_cpu(moments: Moments, x: torch.Tensor, route: Route) -> bool:

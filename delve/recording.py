@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from .accumulator import FeatureAccumulator
+from .cost import CostModel, layer_cost
 from .covariance import TorchCovarianceMatrix
 from .kernels import to_device
 from .observations import ObservationConfig, ObserverEntry, observe
-from .sampling import ReservoirSample
+from .precision import state_device
+from .sampling import ReservoirSample, RowSampler
 from .torch_features import autocast_enabled
 
 __all__ = ["RecordingSettings", "ModeState", "LayerRecorder", "LayerRecorders"]
@@ -34,11 +36,14 @@ class RecordingSettings:
     log_interval: int = 1
     max_samples: int | None = None
     device: torch.device | None = None
-    precision: str = "float64"
+    precision: str = "auto"
     sample_size: int | None = None  # reservoir rows per layer and mode, None: no sample
     seed: int = 0  # of the tracker's random streams (differs between ranks)
     # (statistic key, factory) for statistics that accumulate more than the covariance
     extra_accumulators: tuple[tuple[str, Callable[[], FeatureAccumulator]], ...] = ()
+    # Shared by the tracker's layers: their costs, and with a budget the draw of the rows kept.
+    costs: CostModel | None = None
+    sampler: RowSampler | None = None
 
 
 @dataclass
@@ -99,21 +104,23 @@ class LayerRecorder:
             state.forward_calls = call + 1
             if call % settings.log_interval:
                 return False
-            budget = None
+            left = None
             if settings.max_samples is not None:
-                budget = settings.max_samples - state.rows_offered
-                if budget <= 0:
+                left = settings.max_samples - state.rows_offered
+                if left <= 0:
                     return False
             rows = observe(module, output, settings.observation, self.name, self.observer).detach()
-            if settings.device is not None and rows.device != settings.device:
-                # Every accumulator of the layer lives on the configured device.
-                rows = to_device(rows, settings.device)
+            # Every accumulator of the layer lives on the configured device (MPS: the CPU).
+            home = settings.device or state_device(rows.device)
+            if rows.device != home:
+                rows = to_device(rows, home)
             d = rows.shape[-1]
             n = rows.numel() // d if d else 0
-            if budget is not None and n > budget:
-                rows = rows.reshape(-1, d)[:budget]
-                n = budget
+            if left is not None and n > left:
+                rows = rows.reshape(-1, d)[:left]
+                n = left
             state.rows_offered += n
+            rows = self._within_budget(module, output, rows, n, d)
             if autocast_enabled(rows.device.type):
                 # Autocast would run the Gram product in half precision.
                 with torch.autocast(rows.device.type, enabled=False):
@@ -121,6 +128,19 @@ class LayerRecorder:
             else:
                 self._accumulate(state, rows)
             return True
+
+    def _within_budget(self, module: nn.Module, output: object, rows: torch.Tensor, n: int, d: int) -> torch.Tensor:
+        """The rows the budget lets this layer keep (all of them without one)."""
+        costs = self.settings.costs
+        if costs is None:
+            return rows
+        if self.name not in costs:
+            costs.note(layer_cost(self.name, module, output, n, d))
+        sampler = self.settings.sampler
+        if sampler is None:
+            return rows
+        keep = costs.rows_to_keep(self.name, n)
+        return rows if keep >= n else sampler.select(rows, keep)
 
     def _accumulate(self, state: ModeState, rows: torch.Tensor) -> None:
         # The covariance judges the batch (NaN or Inf anywhere: left out

@@ -18,7 +18,7 @@ from .ranks import communication_device, get_rank, get_world_size
 from .torch_features import unravel_index
 from .validation import check_int
 
-__all__ = ["ReservoirSample"]
+__all__ = ["ReservoirSample", "RowSampler"]
 
 
 class ReservoirSample:
@@ -187,6 +187,64 @@ class ReservoirSample:
         if "rows" in state:
             self._keys = state["keys"].clone()
             self._rows = state["rows"].clone()
+
+
+class RowSampler:
+    """Choose which rows of a batch are kept under a budget, from generators of its own.
+
+    ``k`` rows of ``n`` are drawn by stratified sampling: the batch is cut into
+    ``k`` runs of consecutive rows (equal up to one row) and one row is drawn
+    uniformly from each, so every row is kept with probability ``k / n`` (up
+    to the runs' rounding), no row twice, and the kept rows spread over the
+    batch (over samples and positions alike). The draw needs ``O(k)`` random
+    numbers, made on the rows' device by a generator seeded independently of
+    the data and of the user's random streams; no value is read back.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the generators (one per device).
+
+    Examples
+    --------
+    >>> sampler = RowSampler(seed=0)
+    >>> kept = sampler.select(torch.arange(20.0).view(10, 2), 4)
+    >>> kept.shape
+    torch.Size([4, 2])
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+            generator.manual_seed(self.seed)
+        return generator
+
+    def indices(self, n: int, k: int, device: torch.device) -> torch.Tensor:
+        """``k`` distinct indices in ``range(n)``, one per run of about ``n / k`` rows."""
+        edges = torch.div(torch.arange(k + 1, device=device) * n, k, rounding_mode="floor")
+        sizes = (edges[1:] - edges[:-1]).to(torch.float64)
+        draw = torch.rand(k, generator=self._generator(device), device=device, dtype=torch.float64)
+        return edges[:-1] + (draw * sizes).long()
+
+    def select(self, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """``k`` of the ``(..., d)`` rows, as a ``(k, d)`` tensor (the only copy made)."""
+        n = rows.numel() // rows.shape[-1]
+        return _gather(rows, self.indices(n, k, rows.device))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generators' states, so a restored run draws the same rows."""
+        return {str(device): generator.get_state() for device, generator in self._generators.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self._generators = {}
+        for device, generator_state in state.items():
+            self._generator(torch.device(device)).set_state(generator_state)
 
 
 def _gather(rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:

@@ -37,6 +37,7 @@ __all__ = [
     "Statistic",
     "STATISTICS",
     "NONFINITE_BATCHES",
+    "ROWS",
     "register_statistic",
     "resolve_stats",
     "statistic_names",
@@ -46,6 +47,8 @@ __all__ = [
 
 #: Logged per layer and mode by the tracker itself: batches left out for NaN or Inf.
 NONFINITE_BATCHES = "nonfinite-batches"
+#: Logged per layer and mode under a cost budget: the rows the statistics rest on.
+ROWS = "rows"
 
 
 @dataclass

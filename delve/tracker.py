@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from . import ranks
-from .checkpoint import check_state, pack_state
+from .checkpoint import check_state, pack_state, pack_streams, restore_streams
 from .compat import deprecated_alias
-from .compute import LoggedValue, collect_moments, compute_statistics, describe_run
+from .compute import collect_moments, compute_statistics, describe_run
 from .config import PARAMETERS_DOC, TrackerConfig
-from .hooks import ForwardOrder, attach_hooks, holds_compiled_wrapper, module_device
+from .hooks import ForwardOrder, attach_hooks, module_device, reset_compiler_for
 from .layers import TrackedLayer, discover_layers
 from .naming import RunRecord
+from .notices import Notices
 from .recording import LayerRecorders, ModeState
-from .statistics import NONFINITE_BATCHES
-from .torch_features import reset_compiler
 from .writers.registry import build_writer
 
 __all__ = ["SaturationTracker", "CheckLayerSat"]
@@ -96,21 +95,15 @@ class SaturationTracker:
         self._forward_order = ForwardOrder()
         self._recording = True
         self._closed = False
-        self._nonfinite = NonfiniteWarnings()
-        self._written = False
-        self._writers_resumed_at: int | None = None
+        self._notices = Notices()
 
         writing = not config.nosave and self.is_writer
         self.writer = build_writer(config.save_to if writing else (), config.savefile, config.writer_args)
         self.writer.record_run(self.run_record)
         if config.initial_epoch > 0:
             self.writer.resume_from_saved_state(config.initial_epoch)
-            self._writers_resumed_at = config.initial_epoch
-
         self._handles = attach_hooks(self, self._layer_modules, self._recorders, self._forward_order)
-        if holds_compiled_wrapper(modules):
-            logger.info("delve: resetting torch.compile caches so the compiled model calls the new hooks")
-            reset_compiler()
+        reset_compiler_for(modules)
         logger.info("delve tracks %d layers: %s", len(self.layers), ", ".join(self._recorders))
 
     def __getattr__(self, name: str) -> Any:
@@ -139,7 +132,28 @@ class SaturationTracker:
     @property
     def run_record(self) -> RunRecord:
         """What this tracker logs: its layers and statistic names (given to every writer)."""
-        return describe_run(list(self._recorders), self.config.stats, self.config.average_sat)
+        config = self.config
+        return describe_run(list(self._recorders), config.stats, config.average_sat, config.max_overhead is not None)
+
+    def cost(self) -> pd.DataFrame:
+        """The estimated cost of tracking each layer against training it, per batch.
+
+        From the shapes of each layer's first recorded forward pass, one row
+        per layer seen so far, in forward order; the columns are described at
+        :meth:`delve.cost.CostModel.frame`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+        >>> with SaturationTracker("run", modules=model, nosave=True) as tracker:
+        ...     _ = model(torch.randn(32, 16))
+        ...     table = tracker.cost()
+        >>> table[["layer", "rows", "features"]].values.tolist()
+        [['0', 32, 64], ['2', 32, 4]]
+        """
+        return self._settings.costs.frame(self.layer_names)  # type: ignore[union-attr]
 
     def stop(self) -> None:
         """Pause recording; hooks stay in place but ignore forward passes."""
@@ -161,41 +175,25 @@ class SaturationTracker:
 
     # ----------------------------------------------------------- computation
     def compute_saturations(self) -> dict[str, Any]:
-        """The statistics of everything recorded since the last reset, without logging.
+        """The statistics recorded since the last reset, without logging them.
 
-        Under ``torch.distributed`` (see :mod:`delve.distributed`) every rank
-        must call this, or :meth:`add_saturations`, at the same point: the
-        accumulators of all ranks are merged first and every rank returns the
-        same values.
-
-        Returns
-        -------
-        dict
-            ``{"<mode>-<statistic>_<layer>": value}`` in forward order; scalar
-            statistics are floats or ints, ``cov`` and ``embed`` numpy arrays.
+        Returns ``{"<mode>-<statistic>_<layer>": value}`` in forward order
+        (floats or ints; ``cov`` and ``embed`` numpy arrays). Under
+        ``torch.distributed`` every rank must call this, or
+        :meth:`add_saturations`, at the same point: the ranks' accumulators
+        are merged and every rank gets the same values.
         """
         return self._compute(self._recorders.take(reset=False))
 
     def add_saturations(self, save: bool = True) -> dict[str, Any]:
-        """Compute, log and reset: call once per epoch.
+        """Compute, log and reset: call once per epoch; returns the values logged.
 
-        Every requested statistic is computed for every layer and mode that saw
-        data since the last reset (layers without data are skipped), handed to
-        the writers under the current epoch, and the accumulators are reset
+        Every requested statistic of every layer and mode that saw data since
+        the last reset goes to the writers under the current epoch (``save``:
+        they also write their files), then the accumulators start afresh
         unless ``reset_covariance=False``. Each layer's state is taken in one
-        step under its lock, so a batch recorded by another thread meanwhile
-        counts in exactly one epoch; if a statistic raises, the epoch's rows
-        are put back.
-
-        Parameters
-        ----------
-        save : bool
-            Also ask the writers to persist the epoch (write files).
-
-        Returns
-        -------
-        dict
-            The values logged, as :meth:`compute_saturations` returns them.
+        step under its lock, so a batch recorded by another thread counts in
+        exactly one epoch; if a statistic raises, the epoch's rows are put back.
         """
         reset = self.config.reset_covariance
         taken = self._recorders.take(reset=reset)
@@ -209,7 +207,6 @@ class SaturationTracker:
         try:
             self.writer.write_epoch(values, epoch, save)
         finally:
-            self._written = self._written or bool(values)
             self.epoch += 1
             if not reset:
                 self._recorders.restart_counters()
@@ -226,11 +223,16 @@ class SaturationTracker:
         moments = collect_moments(
             taken, self.layer_names, self._settings, config.process_group, self._devices(), config.sync_ranks
         )
+        budgeted = config.max_overhead is not None
         logged = compute_statistics(
-            moments, config.stats, config.sat_threshold, config.layerwise_sat, config.average_sat
+            moments, config.stats, config.sat_threshold, config.layerwise_sat, config.average_sat, budgeted
         )
         if self.is_writer or not config.sync_ranks:  # with merged ranks, the writing rank warns
-            self._nonfinite.warn(logged, self.epoch)
+            costs = self._settings.costs
+            self._notices.nonfinite(logged, self.epoch)
+            self._notices.costly(costs)  # type: ignore[arg-type]
+            features = {m.layer: m.covariance.shape[0] for m in moments if m.covariance is not None}
+            self._notices.sparse(logged, features, costs)  # type: ignore[arg-type]
         return {value.name: value.value for value in logged}
 
     # --------------------------------------------------------------- writers
@@ -272,13 +274,12 @@ class SaturationTracker:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this tracker exactly where it stands.
 
-        Per layer and mode: the running count, mean and co-moment (float64),
-        the rejected batches, the ``embed`` sample with its generator, the
-        extra accumulators and the counters; plus the epoch, the layers'
-        forward order and the generator of ``max_positions``. Tensors, ints,
-        strings, lists and dicts only: it saves with ``torch.save`` and loads
-        with ``torch.load(path, weights_only=True)``. Under
-        ``torch.distributed`` each rank's state holds that rank's rows only.
+        Per layer and mode: the accumulators (float64, the co-moment as its
+        upper triangle), the ``embed`` sample and the counters; plus the
+        epoch, the forward order and the tracker's random streams (see
+        :mod:`delve.checkpoint`). Tensors and plain types only: it loads with
+        ``torch.load(path, weights_only=True)``. Under ``torch.distributed``
+        each rank's state holds that rank's rows only.
 
         Examples
         --------
@@ -291,12 +292,12 @@ class SaturationTracker:
         >>> torch.save(tracker.state_dict(), buffer)
         >>> _ = buffer.seek(0)
         >>> state = torch.load(buffer, weights_only=True)
-        >>> state["layers"]["linear"]["train"]["covariance"]["comoment"].dtype
+        >>> state["layers"]["linear"]["train"]["covariance"]["comoment_upper"].dtype
         torch.float64
         >>> tracker.close()
         """
-        layers = self._recorders.state_dict()
-        return pack_state(self.epoch, self._forward_order.names(), layers, self.config.observation.generator)
+        state = pack_state(self.epoch, self._forward_order.names(), self._recorders.state_dict())
+        return {**state, **pack_streams(self.config.observation.generator, self._settings.sampler)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`, mid-epoch or between epochs.
@@ -314,15 +315,12 @@ class SaturationTracker:
         """
         check_state(state, self._recorders)
         epoch = int(state["epoch"])
-        if not self._written and epoch > 0 and self._writers_resumed_at != epoch:
+        if not self.writer.wrote and epoch > 0 and self.writer.resumed_at != epoch:
             self.writer.resume_from_saved_state(epoch)
-            self._writers_resumed_at = epoch
         self.epoch = epoch
         self._forward_order.replace([name for name in state["forward_order"] if name in self._recorders])
         self._recorders.load_state_dict(state["layers"], self._devices())
-        generator = self.config.observation.generator
-        if generator is not None and "positions_generator" in state:
-            generator.set_state(state["positions_generator"])
+        restore_streams(state, self.config.observation.generator, self._settings.sampler)
 
     def __repr__(self) -> str:
         return (
@@ -354,28 +352,6 @@ _document_parameters()
 
 #: The delve 0.1.x name, kept for old scripts; it warns when used.
 CheckLayerSat = deprecated_alias(SaturationTracker, "CheckLayerSat")
-
-
-class NonfiniteWarnings:
-    """Warn once per layer, mode and epoch about batches left out for NaN or Inf."""
-
-    def __init__(self) -> None:
-        self._warned: set[tuple[int, str | None, str]] = set()
-
-    def warn(self, logged: Sequence[LoggedValue], epoch: int) -> None:
-        """Warn about every rejected-batch count in ``logged`` not warned about in this epoch."""
-        for value in logged:
-            key = (epoch, value.layer, value.mode)
-            if value.statistic != NONFINITE_BATCHES or key in self._warned:
-                continue
-            self._warned = {entry for entry in self._warned if entry[0] == epoch}
-            self._warned.add(key)
-            warnings.warn(
-                f"delve: layer {value.layer!r} ({value.mode}) produced {value.value} batch(es) with NaN or Inf "
-                f"outputs in epoch {epoch}; they were left out of its statistics",
-                RuntimeWarning,
-                stacklevel=4,
-            )
 
 
 def _to_python(value: Any) -> Any:

@@ -17,6 +17,7 @@ __all__ = [
     "check_int",
     "check_optional_int",
     "check_fraction",
+    "check_positive",
     "check_number",
     "check_choice",
     "check_device",
@@ -93,6 +94,24 @@ def check_fraction(argument: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
         raise ValueError(f"{argument} must lie in (0, 1], got {value!r}")
     return float(value)
+
+
+def check_positive(argument: str, value: object) -> float:
+    """``value`` as a finite float above zero.
+
+    Examples
+    --------
+    >>> check_positive("max_overhead", 0.05)
+    0.05
+    >>> check_positive("max_overhead", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_overhead must be a number > 0, got 0
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < float(value) < float("inf")
+    if not ok:
+        raise ValueError(f"{argument} must be a number > 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_choice(argument: str, value: object, accepted: Iterable[Any]) -> Any:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from delve import SaturationTracker
+from delve import SaturationTracker, TorchCovarianceMatrix
 
 STATS = ["lsat", "idim", "cov", "det", "trc", "dtrc", "embed"]
 
@@ -122,15 +122,17 @@ def test_state_holds_every_accumulator_as_float64_tensors(tmp_path) -> None:
         for mode, saved in layer.items():
             live = recorder.modes[mode]
             covariance = saved["covariance"]
-            assert covariance["mean"].dtype == covariance["comoment"].dtype == torch.float64
-            assert int(covariance["count"]) == live.covariance.count > 0
-            assert int(covariance["rejected_batches"]) == 0
+            assert covariance["mean"].dtype == covariance["comoment_upper"].dtype == torch.float64
             d = covariance["mean"].shape[0]
-            assert covariance["comoment"].shape == (d, d)
-            # The saved co-moment is the full symmetric matrix: count * covariance.
-            np.testing.assert_allclose(
-                covariance["comoment"].numpy() / int(covariance["count"]), live.covariance.fix().numpy(), rtol=1e-14
-            )
+            # Half the symmetric matrix: its upper triangle, row by row; small batches still waiting
+            # to be merged together travel as rows.
+            assert covariance["comoment_upper"].shape == (d * (d + 1) // 2,)
+            waiting = covariance.get("pending", torch.zeros(0, d))
+            assert int(covariance["count"]) + waiting.shape[0] == live.covariance.count > 0
+            assert int(covariance["rejected_batches"]) == 0
+            restored = TorchCovarianceMatrix()
+            restored.load_state_dict(covariance)
+            np.testing.assert_allclose(restored.fix().numpy(), live.covariance.fix().numpy(), rtol=1e-14)
             assert saved["forward_calls"] == live.forward_calls == 5
             assert saved["rows_offered"] == live.rows_offered
             assert saved["sample"]["rows"].dtype == torch.float64
@@ -158,11 +160,11 @@ def test_state_is_a_snapshot(tmp_path) -> None:
     x, y = data(1, 1)[0][0]
     step(model, optimizer, x, y)
     state = tracker.state_dict()
-    before = state["layers"]["fc"]["train"]["covariance"]["comoment"].clone()
+    before = state["layers"]["fc"]["train"]["covariance"]["comoment_upper"].clone()
     rows = state["layers"]["fc"]["train"]["sample"]["rows"].clone()
     for _ in range(4):
         step(model, optimizer, x * 3, y)
-    assert torch.equal(state["layers"]["fc"]["train"]["covariance"]["comoment"], before)
+    assert torch.equal(state["layers"]["fc"]["train"]["covariance"]["comoment_upper"], before)
     assert torch.equal(state["layers"]["fc"]["train"]["sample"]["rows"], rows)
     tracker.close()
 

@@ -331,3 +331,26 @@ def test_property_merge_of_parts_equals_whole(sizes, d, seed):
     whole = np.concatenate(parts)
     np.testing.assert_allclose(merged.fix().numpy(), np_cov(whole), rtol=1e-11, atol=1e-11)
     assert merged.count == len(whole)
+
+
+def test_state_stores_half_the_co_moment_and_old_layouts_still_load():
+    rng = np.random.default_rng(3)
+    rows = correlated_data(rng, 600, 256, 10.0, np.float64)
+    acc = TorchCovarianceMatrix()
+    acc.update(torch.from_numpy(rows))
+    state = acc.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    assert len(buffer.getvalue()) <= 0.55 * 256 * 256 * 8  # half the matrix, plus the mean and counters
+    # Version 1 (the full symmetric matrix) and the unversioned first layout load alike.
+    full = acc.comoment()
+    for old in (
+        {"version": torch.tensor(1), "count": state["count"], "mean": state["mean"], "comoment": full},
+        {"count": state["count"], "mean": state["mean"], "comoment": full},
+    ):
+        loaded = TorchCovarianceMatrix()
+        loaded.load_state_dict(old)
+        assert rel_fro(loaded.fix().numpy(), np_cov(rows)) < 1e-12
+    newer = dict(state, version=torch.tensor(99))
+    with pytest.raises(ValueError, match="newer than this delve"):
+        TorchCovarianceMatrix().load_state_dict(newer)

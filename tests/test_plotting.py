@@ -119,6 +119,7 @@ def test_plot_writer_draws_each_epoch_and_the_heatmap_grows(tmp_path):
         model(torch.randn(30, 6))
         tracker.add_scalar("test_accuracy", 0.25 * epoch)
         tracker.add_saturations()
+        writer.finish_drawing()  # figures are drawn while training goes on; wait for them here
         assert_png_drawn(plots / f"saturation_train_epoch_{epoch:05d}.png")
         heatmap_widths.append(assert_png_drawn(plots / "saturation_train_heatmap.png").shape[1])
     tracker.close()
@@ -166,6 +167,7 @@ def test_figures_are_freed_and_never_registered_with_pyplot(tmp_path):
         for layer in range(3):
             writer.add_scalar(f"train-saturation_layer{layer}", (layer + epoch) / 8, epoch)
         writer.save()
+    writer.finish_drawing()
     # Eight figures were drawn; none is kept alive, so long runs do not grow memory.
     assert len(list((tmp_path / "run" / "plots").iterdir())) == 5
     assert live_figures() == before
@@ -197,3 +199,47 @@ def test_history_figure_draws_each_mode_over_epochs_on_the_bounded_axis():
     lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
     assert lines == {"train": ([0, 1, 2], [0.5, 0.25, 0.75]), "eval": ([1, 2], [0.4, 0.3])}
     assert axes.get_ylim() == (0.0, 1.0)
+
+
+def test_figures_are_drawn_while_training_goes_on(tmp_path, monkeypatch):
+    """save() hands the figures to the drawing thread and returns; the next save waits for them."""
+    import threading
+
+    from delve import plotting
+    from delve.writers import plot as plot_module
+
+    started, release = threading.Event(), threading.Event()
+    real = plotting.plot_results
+
+    def slow_plot(*args, **kwargs):
+        started.set()
+        assert release.wait(timeout=60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plot_module, "plot_results", slow_plot)
+    writer = CSVandPlottingWriter(str(tmp_path / "run"))
+    writer.add_scalar("train-saturation_fc", 0.5, 0)
+    writer.save()  # returns while the drawing thread is still busy
+    assert started.wait(timeout=60)
+    assert (tmp_path / "run.csv").is_file() and not (tmp_path / "run" / "plots").exists()
+    release.set()
+    writer.close()
+    assert sorted(p.name for p in (tmp_path / "run" / "plots").iterdir()) == [
+        "saturation_train_epoch_00000.png",
+        "saturation_train_heatmap.png",
+    ]
+
+
+def test_a_drawing_error_is_reported_by_the_next_save(tmp_path, monkeypatch):
+    from delve.writers import WriterError
+    from delve.writers import plot as plot_module
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plot_module, "plot_results", broken)
+    writer = CSVandPlottingWriter(str(tmp_path / "run"))
+    writer.add_scalar("train-saturation_fc", 0.5, 0)
+    writer.save()
+    with pytest.raises(WriterError, match="No space left on device"):
+        writer.close()

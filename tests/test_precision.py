@@ -159,9 +159,11 @@ def test_a_sliced_wide_batch_with_one_nan_is_left_out_whole(monkeypatch):
 
 
 def test_fast_mode_multiplies_few_rows_per_feature_in_float64():
-    """Below d / 8 rows a batch takes the float64 product (cheaper there), so
-    the fast mode is exact for it; from d / 8 rows on float32 rounding shows."""
-    for sizes, exact in (([32, 48, 63], True), ([64, 300], False)):
+    """A product of fewer than d / 8 rows is float64 (cheaper there), so the
+    fast mode is exact for it; from d / 8 rows on float32 rounding shows.
+    (Small batches wait to be multiplied together: what counts is the rows
+    of one product, here one batch of 32 rows, or 63 + 300.)"""
+    for sizes, exact in (([32], True), ([63, 300], False)):
         batches = linear_batches(512, sizes, 1.0)
         expected = reference_cov(np.concatenate([as_rows(b) for b in batches]))
         error = rel_error(feed(TorchCovarianceMatrix(precision="float32"), batches).fix(), expected)
@@ -254,3 +256,21 @@ def test_one_large_feature_map_is_sliced_along_its_positions(monkeypatch):
     acc = feed(TorchCovarianceMatrix(), [single])
     assert acc.count == 400
     assert rel_error(acc.fix(), reference_cov(as_rows(single))) <= EXACT_BOUND
+
+
+@pytest.mark.parametrize("precision, bound", [("float64", EXACT_BOUND), ("float32", FAST_BOUND)])
+def test_small_batches_merged_in_blocks_match_numpy(precision, bound):
+    """Batches of a few rows wait in a block of about d rows; read at any point, nothing is missing."""
+    batches = linear_batches(96, [3, 1, 17, 40, 2, 64, 5, 33, 8], 7.0)
+    acc = TorchCovarianceMatrix(precision=precision)
+    seen = []
+    for batch in batches:
+        acc.update_rows(batch)
+        seen.append(batch)
+        if len(seen) in (4, 7):  # a read in the middle flushes what waits
+            rows = np.concatenate([as_rows(b) for b in seen])
+            assert acc.count == rows.shape[0]
+            assert rel_error(acc.fix(), reference_cov(rows)) <= bound
+    rows = np.concatenate([as_rows(b) for b in batches])
+    assert acc.count == rows.shape[0]
+    assert rel_error(acc.fix(), reference_cov(rows)) <= bound

@@ -154,6 +154,9 @@ class CompositeWriter(AbstractWriter):
         self.writers = list(writers)
         # message -> number of times it happened since the last report
         self._pending: dict[str, int] = {}
+        #: The epoch the writers last resumed from, and whether any epoch was written since.
+        self.resumed_at: int | None = None
+        self.wrote = False
 
     def _each(self, method: str, *args: Any, report: bool = True, **kwargs: Any) -> None:
         for writer in self.writers:
@@ -195,6 +198,7 @@ class CompositeWriter(AbstractWriter):
         self._each("close")
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
+        self.resumed_at = int(initial_epoch)
         self._each("resume_from_saved_state", initial_epoch)
 
     def record_run(self, record: RunRecord) -> None:
@@ -203,6 +207,7 @@ class CompositeWriter(AbstractWriter):
 
     def write_epoch(self, values: Mapping[str, Any], epoch: int, save: bool = True) -> None:
         """Hand one epoch's values to every writer (arrays through ``add_array``), then save."""
+        self.wrote = self.wrote or bool(values)
         for name, value in values.items():
             if isinstance(value, np.ndarray):
                 self.add_array(name, value, epoch)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..figures import draw_later
 from ..layout import PROFILE_PATTERN
 from ..layout import plot_dir as default_plot_dir
 from ..plotting import plot_results
@@ -49,6 +52,11 @@ class CSVandPlottingWriter(CSVWriter):
     epoch_profiles : bool
         Keep one profile file per epoch (default). ``False`` draws only the
         heatmaps.
+    background : bool
+        Draw the figures on delve's drawing thread (default), so training
+        does not wait for matplotlib: an epoch's figures are on disk when the
+        next :meth:`save` or :meth:`close` returns, and a drawing error is
+        raised there. ``False`` draws before :meth:`save` returns.
 
     Examples
     --------
@@ -57,7 +65,7 @@ class CSVandPlottingWriter(CSVWriter):
     >>> writer = CSVandPlottingWriter(run, fontsize=16, primary_metric="test_accuracy")
     >>> writer.add_scalar("train-saturation_fc", 0.5, epoch=0)
     >>> writer.add_scalar("test_accuracy", 0.9, epoch=0)
-    >>> writer.save()
+    >>> writer.close()
     >>> sorted(os.listdir(os.path.join(run, "plots")))
     ['saturation_train_epoch_00000.png', 'saturation_train_heatmap.png']
     """
@@ -69,6 +77,7 @@ class CSVandPlottingWriter(CSVWriter):
         primary_metric: str | None = None,
         plot_dir: str | None = None,
         epoch_profiles: bool = True,
+        background: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(savepath)
@@ -76,7 +85,9 @@ class CSVandPlottingWriter(CSVWriter):
         self.primary_metric = primary_metric
         self.plot_dir = Path(plot_dir) if plot_dir is not None else default_plot_dir(self.savepath)
         self.epoch_profiles = bool(epoch_profiles)
+        self.background = bool(background)
         self._unplotted: set[int] = set()
+        self._drawing: Future[Any] | None = None
 
     def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
         epoch = self._resolve_epoch(epoch)
@@ -85,21 +96,39 @@ class CSVandPlottingWriter(CSVWriter):
 
     def save(self) -> None:
         super().save()
+        self.finish_drawing()
         if not self._unplotted:
             return
         epochs = sorted(self._unplotted)
         self._unplotted.clear()
-        with writing(self, self.plot_dir):
-            plot_results(
-                tidy(self.dataframe(), self.run_record),
-                self.plot_dir,
-                epochs=epochs if self.epoch_profiles else [],
-                primary_metric=self.primary_metric,
-                fontsize=self.fontsize,
-            )
+        draw = partial(
+            plot_results,
+            tidy(self.dataframe(), self.run_record),  # a snapshot: later values do not leak in
+            self.plot_dir,
+            epochs=epochs if self.epoch_profiles else [],
+            primary_metric=self.primary_metric,
+            fontsize=self.fontsize,
+        )
+        if self.background:
+            self._drawing = draw_later(draw)
+        else:
+            with writing(self, self.plot_dir):
+                draw()
+
+    def finish_drawing(self) -> None:
+        """Wait until the figures handed to the drawing thread are on disk; raise its error if any."""
+        drawing, self._drawing = self._drawing, None
+        if drawing is not None:
+            with writing(self, self.plot_dir):
+                drawing.result()
+
+    def close(self) -> None:
+        self.save()
+        self.finish_drawing()
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
         """Continue the CSV, and delete profile PNGs of epochs ``>= initial_epoch``."""
+        self.finish_drawing()
         super().resume_from_saved_state(initial_epoch)
         if not self.plot_dir.is_dir():
             return

@@ -1,0 +1,255 @@
+"""The cost model and the budget: estimates against hand-counted work, sampled rows that stay honest.
+
+``max_overhead`` keeps a random subset of each layer's rows per batch. The
+sample must be uniform (its covariance averages to the exact one over
+seeds), reproducible from a checkpoint, merge exactly across ranks, and say
+what it rests on (rows logged, too few rows warned about).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import np_cov, rel_fro
+from torch import nn
+
+from delve import SaturationTracker
+from delve.cost import CostModel, LayerCost, rows_per_feature_within
+from delve.sampling import RowSampler
+
+
+def test_cost_table_counts_the_work_by_hand() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 64))
+    with SaturationTracker("c", modules=model, nosave=True) as tracker:
+        model(torch.randn(5, 3, 6, 6))
+        table = tracker.cost().set_index("layer")
+    conv, linear = table.loc["0"], table.loc["3"]
+    # Conv: 5 x 36 positions of 8 channels; weights 8 x 3 x 3 x 3 applied at each position.
+    assert (conv["rows"], conv["features"]) == (180, 8)
+    assert conv["update"] == 180 * (8 * 9 // 2 + 8)
+    assert conv["training"] == 3 * (8 * 3 * 3 * 3) * 180
+    # Linear: 5 rows of 64; weights 64 x 288 applied once per row.
+    assert (linear["rows"], linear["features"]) == (5, 64)
+    assert linear["update"] == 5 * (64 * 65 // 2 + 64)
+    assert linear["training"] == 3 * 64 * 288 * 5
+    assert linear["overhead"] == pytest.approx(linear["update"] / linear["training"])
+    assert table["share"].sum() == pytest.approx(1.0)
+    assert (table["kept_rows"] == table["rows"]).all()  # no budget: every row
+
+
+def test_a_widening_layer_is_named_once_with_the_remedy() -> None:
+    model = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 8))  # d_out / d_in = 16
+    tracker = SaturationTracker("w", modules=model, nosave=True)
+    with torch.no_grad():
+        model(torch.randn(32, 64))
+    with pytest.warns(UserWarning, match=r"estimated at \d+% .*\b0 make up most of it.*max_overhead=0\.05"):
+        tracker.add_saturations()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            model(torch.randn(32, 64))
+        tracker.add_saturations()  # said once
+    tracker.close()
+
+
+def test_water_filling_gives_equal_rows_per_feature_up_to_the_rows_a_layer_has() -> None:
+    costs = [
+        LayerCost("narrow", rows=10_000, features=16, applications=10_000, weight_elements=16 * 16),
+        LayerCost("wide", rows=10_000, features=512, applications=10_000, weight_elements=512 * 64),
+        LayerCost("scarce", rows=40, features=256, applications=40, weight_elements=256 * 256),
+    ]
+    model = CostModel(max_overhead=0.05)
+    for cost in costs:
+        model.note(cost)
+    kept = {c.layer: model.rows_to_keep(c.layer, c.rows) for c in costs}
+    level = rows_per_feature_within(costs, 0.05 * sum(c.training for c in costs))
+    assert kept["scarce"] == 40  # fewer rows than the common level: keeps them all
+    for name in ("narrow", "wide"):
+        cost = next(c for c in costs if c.layer == name)
+        assert level * cost.features <= kept[name] < level * cost.features + 1  # rounded up to a whole row
+    spent = sum(kept[c.layer] * c.update_per_row for c in costs)
+    one_row_each = sum(c.update_per_row for c in costs)
+    assert spent <= 0.05 * sum(c.training for c in costs) + one_row_each
+
+
+def test_the_sampler_keeps_distinct_rows_spread_over_the_batch() -> None:
+    sampler = RowSampler(seed=3)
+    counts = np.zeros(103)
+    for _ in range(3000):
+        index = sampler.indices(103, 10, torch.device("cpu")).numpy()
+        assert len(set(index)) == 10 and index.min() >= 0 and index.max() < 103
+        counts[index] += 1
+    # Every row is kept with probability k / n (strata of 10 or 11 rows): 1/10 or 1/11 of the draws.
+    assert counts.min() >= 3000 / 11 * 0.8 and counts.max() <= 3000 / 10 * 1.2
+
+
+def _budget_run(seed: int, batches: list[torch.Tensor], **options) -> dict:
+    layer = nn.Linear(12, 48).double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))
+        layer.bias.zero_()
+    tracker = SaturationTracker("b", modules=layer, nosave=True, stats=["cov"], max_overhead=0.02, **options)
+    tracker._settings.sampler.seed = seed
+    with torch.no_grad():
+        for batch in batches:
+            layer(batch)
+    values = tracker.add_saturations()
+    tracker.close()
+    return values
+
+
+def test_the_sampled_covariance_averages_to_the_exact_one() -> None:
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(400, 12, generator=generator, dtype=torch.float64) * 3 + 1 for _ in range(6)]
+    layer = nn.Linear(12, 48).double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))
+        layer.bias.zero_()
+        exact = np_cov(torch.cat([layer(b) for b in batches]).numpy())
+    estimates = []
+    for seed in range(200):
+        values = _budget_run(seed, batches)
+        rows = values["train-rows_linear"]
+        assert 0 < rows < 2400  # a subset was kept
+        estimates.append(values["train-covariance-matrix_linear"])
+    single = np.mean([rel_fro(e, exact) for e in estimates])
+    average = rel_fro(np.mean(estimates, axis=0), exact)
+    # One estimate is off by sampling noise; the average of 200 by 1/sqrt(200) of it, and by the
+    # population-covariance factor (m - 1)/m of a sample of m rows, a bias of 1/m (m ~ 180 here).
+    assert single > 0.05
+    assert average < single / math.sqrt(200) * 3 + 1.5 / rows
+
+
+def test_restoring_mid_epoch_under_a_budget_continues_exactly() -> None:
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.randn(300, 12, generator=generator, dtype=torch.float64) for _ in range(8)]
+
+    def tracker_and_layer():
+        layer = nn.Linear(12, 48).double()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))
+            layer.bias.zero_()
+        return layer, SaturationTracker("r", modules=layer, nosave=True, stats=["cov", "lsat"], max_overhead=0.02)
+
+    first_layer, first = tracker_and_layer()
+    second_layer, second = tracker_and_layer()
+    with torch.no_grad():
+        for batch in batches[:4]:
+            first_layer(batch)
+        second.load_state_dict(first.state_dict())
+        for batch in batches[4:]:
+            first_layer(batch)
+            second_layer(batch)
+    expected, actual = first.add_saturations(), second.add_saturations()
+    assert list(actual) == list(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(actual[name], value, err_msg=name)
+    first.close()
+    second.close()
+
+
+class KeepRows:
+    """A test accumulator that keeps every row it is given: the rows the statistics rest on."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def update(self, rows: torch.Tensor, accepted) -> None:
+        if accepted:
+            self.rows.append(rows.reshape(-1, rows.shape[-1]).double().clone())
+
+    def reset(self) -> None:
+        self.rows: list[torch.Tensor] = []
+
+    def merge(self, other: KeepRows) -> KeepRows:
+        self.rows += other.rows
+        return self
+
+    def merged_across_ranks(self, num_features: int, group=None) -> KeepRows:
+        return self
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()
+
+
+def _rank(rank: int, folder: str) -> None:
+    from delve.statistics import STATISTICS, Statistic, register_statistic
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    try:
+        if "keep" not in STATISTICS:
+            keep = Statistic("keep", "kept-rows", lambda s: len(s.extras["keep"].rows), accumulator=KeepRows)
+            register_statistic(keep)
+        torch.manual_seed(0)
+        layer = nn.Linear(10, 40).double()
+        tracker = SaturationTracker("d", modules=layer, nosave=True, stats=["cov", "keep"], max_overhead=0.02)
+        generator = torch.Generator().manual_seed(10 + rank)
+        with torch.no_grad():
+            for _ in range(5):
+                layer(torch.randn(250, 10, generator=generator, dtype=torch.float64) + rank)
+        kept = torch.cat(tracker._recorders["linear"].modes["train"].extras["keep"].rows)
+        values = tracker.add_saturations()
+        result = {"kept": kept.tolist(), "cov": values["train-covariance-matrix_linear"].tolist()}
+        result["rows"] = values["train-rows_linear"]
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_merge_exactly_what_each_sampled(tmp_path) -> None:
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    context = mp.spawn(_rank, args=(str(tmp_path),), nprocs=2, join=False)
+    deadline = time.monotonic() + 150
+    try:
+        while not context.join(timeout=1):
+            assert time.monotonic() < deadline, "the two ranks did not finish (deadlock?)"
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    kept = np.concatenate([np.asarray(r["kept"]) for r in results])
+    assert 0 < kept.shape[0] < 2 * 5 * 250  # each rank sampled
+    assert not np.array_equal(results[0]["kept"], results[1]["kept"])  # independent streams and data
+    for result in results:
+        assert result["rows"] == kept.shape[0]
+        assert rel_fro(result["cov"], np_cov(kept)) < 1e-12
+
+
+def test_rows_are_logged_and_too_few_are_warned_about_once() -> None:
+    layer = nn.Linear(8, 96)
+    tracker = SaturationTracker("f", modules=layer, nosave=True, stats=["lsat"], max_overhead=0.01)
+    with torch.no_grad():
+        layer(torch.randn(3000, 8))  # 20 rows per feature are there, the budget keeps fewer
+    with pytest.warns(RuntimeWarning, match=r"'linear' \(train\) merged \d+ rows for 96 features.*max_overhead="):
+        values = tracker.add_saturations()
+    assert 0 < values["train-rows_linear"] < 20 * 96
+    assert set(tracker.run_record.statistics) >= {"saturation", "rows"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with torch.no_grad():
+            layer(torch.randn(3000, 8))
+        tracker.add_saturations()  # once per layer and mode
+    tracker.close()
+
+
+def test_max_overhead_is_validated() -> None:
+    for bad in (0, -0.1, "5%", float("inf"), True):
+        with pytest.raises(ValueError, match=r"max_overhead must be a number > 0"):
+            SaturationTracker("v", modules=nn.Linear(2, 2), nosave=True, max_overhead=bad)

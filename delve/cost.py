@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["LayerCost", "CostModel", "layer_cost", "rows_per_feature_within", "EXPENSIVE_SHARE"]
+__all__ = ["LayerCost", "CostModel", "layer_cost", "relative_cost", "rows_per_feature_within", "EXPENSIVE_SHARE"]
 
 #: Above this estimated tracking work relative to training work, the tracker says so once.
 EXPENSIVE_SHARE = 0.25
@@ -53,6 +53,10 @@ class LayerCost:
         positions of a convolution, tokens of a linear layer).
     weight_elements : int
         Elements of its weight matrices (parameters of two or more dimensions).
+    product_weight, pass_weight : float
+        What one multiply-add of the Gram product, and one element of a
+        pass over the rows (copy, convert, shift), cost in multiply-adds of
+        the layer's training (see :func:`relative_cost`).
     """
 
     layer: str
@@ -60,12 +64,14 @@ class LayerCost:
     features: int
     applications: int
     weight_elements: int
+    product_weight: float = 1.0
+    pass_weight: float = 0.0
 
     @property
     def update_per_row(self) -> int:
-        """Multiply-adds to merge one row: its share of the upper-triangular Gram product and its copy."""
+        """Multiply-adds to merge one row: its share of the upper-triangular Gram product."""
         d = self.features
-        return d * (d + 1) // 2 + d
+        return d * (d + 1) // 2
 
     @property
     def update(self) -> int:
@@ -73,13 +79,62 @@ class LayerCost:
         return self.rows * self.update_per_row
 
     @property
+    def work_per_row(self) -> float:
+        """What merging one row costs, in multiply-adds of training: the product and the passes."""
+        return self.update_per_row * self.product_weight + self.features * self.pass_weight
+
+    @property
+    def work(self) -> float:
+        """What merging every row of a batch costs, in multiply-adds of training."""
+        return self.rows * self.work_per_row
+
+    @property
     def training(self) -> int:
         """Multiply-adds of the layer's forward and backward pass on a batch."""
         return TRAINING_PER_FORWARD * self.weight_elements * self.applications
 
 
-def layer_cost(layer: str, module: nn.Module, output: object, rows: int, features: int) -> LayerCost:
+#: ``(device type, training dtype is half) -> (product weight per product dtype, pass weight)``.
+#: CPU figures are measured (docs/performance.rst: float64 and float32 upper-block products of the
+#: VGG-style CNN against its training step, and the copy-and-shift pass); GPU figures are the ratios
+#: of datasheet peaks (an H100's float64 and float32 against bf16 tensor cores), not measured.
+_RELATIVE_COSTS: dict[tuple[str, bool], tuple[dict[torch.dtype, float], float]] = {
+    ("cpu", False): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0),
+    ("cpu", True): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0),
+    ("cuda", False): ({torch.float64: 1.0, torch.float32: 1.0}, 4.0),
+    ("cuda", True): ({torch.float64: 15.0, torch.float32: 15.0}, 4.0),
+}
+
+
+def relative_cost(device_type: str, product_dtype: torch.dtype, training_dtype: torch.dtype) -> tuple[float, float]:
+    """``(product weight, pass weight)``: tracking's multiply-adds and element passes in training multiply-adds.
+
+    A float64 product multiply-add costs more than a training one (float32,
+    or half precision on tensor cores), and a pass over the rows is bound by
+    memory, not arithmetic. Unknown devices count both as one training
+    multiply-add.
+
+    Examples
+    --------
+    >>> relative_cost("cpu", torch.float64, torch.float32)
+    (5.0, 24.0)
+    """
+    half = training_dtype in (torch.float16, torch.bfloat16)
+    products, passes = _RELATIVE_COSTS.get((device_type, half), ({}, 1.0))
+    return products.get(product_dtype, 1.0), passes
+
+
+def layer_cost(
+    layer: str,
+    module: nn.Module,
+    output: object,
+    rows: int,
+    features: int,
+    weights: tuple[float, float] = (1.0, 0.0),
+) -> LayerCost:
     """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
+
+    ``weights`` is :func:`relative_cost` for the layer's device and dtypes.
 
     Examples
     --------
@@ -88,8 +143,10 @@ def layer_cost(layer: str, module: nn.Module, output: object, rows: int, feature
     >>> cost.applications, cost.weight_elements, cost.training
     (50, 216, 32400)
     """
-    weights = sum(p.numel() for p in module.parameters() if p.ndim >= 2)
-    return LayerCost(layer, int(rows), int(features), _applications(module, output), int(weights))
+    weight_elements = sum(p.numel() for p in module.parameters() if p.ndim >= 2)
+    return LayerCost(
+        layer, int(rows), int(features), _applications(module, output), int(weight_elements), *weights
+    )
 
 
 def _applications(module: nn.Module, output: object) -> int:
@@ -113,17 +170,17 @@ def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
     Examples
     --------
     >>> small, wide = LayerCost("a", 8, 4, 8, 16), LayerCost("b", 10_000, 64, 10_000, 4096)
-    >>> rows_per_feature_within([small, wide], budget=small.update + 10 * 64 * wide.update_per_row)
+    >>> rows_per_feature_within([small, wide], budget=small.work + 10 * 64 * wide.work_per_row)
     10.0
     """
     by_level = sorted(costs, key=lambda c: c.rows / c.features)
     full = 0  # work of the layers already capped at all their rows
     for index, cost in enumerate(by_level):
         level = cost.rows / cost.features
-        partial = sum(c.features * c.update_per_row for c in by_level[index:])
+        partial = sum(c.features * c.work_per_row for c in by_level[index:])
         if full + level * partial > budget:
             return max(budget - full, 0.0) / partial
-        full += cost.update
+        full += cost.work
     return math.inf
 
 
@@ -187,7 +244,7 @@ class CostModel:
         level = min(self._level, by_name[layer].rows / by_name[layer].features) * factor
         if level * by_name[layer].features > by_name[layer].rows:
             return math.inf
-        return sum(min(c.rows, level * c.features) * c.update_per_row for c in costs) / training
+        return sum(min(c.rows, level * c.features) * c.work_per_row for c in costs) / training
 
     def rate(self, layer: str) -> float:
         """Share of a batch's rows the layer keeps: 1 without a budget or before it was seen."""
@@ -208,37 +265,45 @@ class CostModel:
         >>> ratio, layers = model.expensive()
         >>> round(ratio, 2), layers
         (0.5, ['qkv'])
+        >>> model.note(LayerCost("fc", rows=128, features=64, applications=128, weight_elements=64 * 64,
+        ...                      product_weight=5.0, pass_weight=24.0))
+        >>> model.expensive()[1]
+        ['qkv']
         """
         costs = self.costs
         training = sum(c.training for c in costs)
-        update = sum(c.update for c in costs)
+        work = sum(c.work for c in costs)
         if not training:
             return 0.0, []
         dominating: list[str] = []
-        covered = 0
-        for cost in sorted(costs, key=lambda c: -c.update):
-            if covered >= update * 0.5:
+        covered = 0.0
+        for cost in sorted(costs, key=lambda c: -c.work):
+            if covered >= work * 0.5:
                 break
             dominating.append(cost.layer)
-            covered += cost.update
-        return update / training, dominating
+            covered += cost.work
+        return work / training, dominating
 
     def frame(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
-        """One row per layer: the estimated multiply-adds per batch and their ratios.
+        """One row per layer: the multiply-adds per batch and what they are estimated to cost.
 
         Columns: ``layer``, ``rows`` (per batch), ``features`` (``d``),
-        ``update`` (tracking every row), ``training`` (forward and backward),
-        ``overhead`` (``update / training``), ``share`` (of all tracking
-        work), ``kept_rows`` and ``kept_update`` (with the budget, the rows
-        kept per batch and their work; every row without one).
+        ``update`` (multiply-adds of the Gram product of every row),
+        ``training`` (multiply-adds of the layer's forward and backward),
+        ``overhead`` (tracking every row against training, in training
+        multiply-adds: products and passes over the rows weighted by
+        :func:`relative_cost`), ``share`` (of all tracking work),
+        ``kept_rows`` and ``kept_overhead`` (under the budget; every row
+        without one).
         """
         costs = {c.layer: c for c in self.costs}
         order = [name for name in (layers or costs) if name in costs]
-        total = sum(c.update for c in costs.values()) or 1
+        total = sum(c.work for c in costs.values()) or 1.0
         records = []
         for name in order:
             cost = costs[name]
             kept = self.rows_to_keep(name, cost.rows)
+            training = cost.training or math.nan
             records.append(
                 {
                     "layer": name,
@@ -246,11 +311,11 @@ class CostModel:
                     "features": cost.features,
                     "update": cost.update,
                     "training": cost.training,
-                    "overhead": cost.update / cost.training if cost.training else math.inf,
-                    "share": cost.update / total,
+                    "overhead": cost.work / training,
+                    "share": cost.work / total,
                     "kept_rows": kept,
-                    "kept_update": kept * cost.update_per_row,
+                    "kept_overhead": kept * cost.work_per_row / training,
                 }
             )
-        columns = ["layer", "rows", "features", "update", "training", "overhead", "share", "kept_rows", "kept_update"]
+        columns = ["layer", "rows", "features", "update", "training", "overhead", "share", "kept_rows", "kept_overhead"]
         return pd.DataFrame.from_records(records, columns=columns)

@@ -8,10 +8,11 @@ decision can be tested on its own:
 * **centred**: the rows are copied into the product buffer, centred on their
   own mean, and multiplied; the running state absorbs the batch by the
   pairwise update of Chan, Golub and LeVeque.
-* **shifted** (tall batches in float32 products): the rows are shifted by the
-  running mean while they are copied, a row of ones in the product gives the
-  batch sum, and rank-one terms on the small state complete the update. It
-  saves the centring passes over the rows. A shift leaving the batch mean
+* **shifted** (tall batches): the rows are shifted by the running mean while
+  they are copied, a row of ones in the product gives the batch sum, and
+  rank-one terms on the small state complete the update. It saves the
+  centring passes over the rows (a sum and a subtraction), which for a
+  narrow convolution cost as much as its product. A shift leaving the batch mean
   more than :data:`MAX_OFFSET_TO_STD` standard deviations away in some
   feature falls back to centring, where rounding stays bounded.
 * **on device** (accelerators): centred, with every accept/reject decision
@@ -66,6 +67,9 @@ SHIFTED_ROWS_PER_FEATURE = 4
 # float32 route cost +62 % and +43 % per step against +36 % and +30 % for
 # float64 products; from 128 rows on it is the cheaper one.
 MIN_FAST_ROWS_FRACTION = 8
+# The shifted route for float64 products too (exact mode), where the centring
+# passes it saves are also a pass over every element each.
+SHIFTED_FLOAT64 = True
 # Largest |batch mean - shift| / std accepted in the shifted product: the
 # rounding error of the uncentred product grows by at most 1 + 2**2 = 5
 # (0.7 digits). Further out, the batch is centred on its own mean instead.
@@ -146,7 +150,7 @@ def choose_route(
         not on_device
         and not sliced
         and merged_before
-        and product_dtype != state_dtype
+        and (SHIFTED_FLOAT64 or product_dtype != state_dtype)
         and rows >= SHIFTED_ROWS_PER_FEATURE * (features + 1)
         and _itemsize(input_dtype) <= _itemsize(product_dtype)
     )

@@ -257,9 +257,10 @@ def merge_shifted(moments: Moments, x: torch.Tensor, dtype: torch.dtype) -> bool
     n_b = x.numel() // x.shape[-1]
     shift = mean.to(dtype)
     product = shifted_gram(x, shift, dtype, moments.blocks)
-    offset = product[0].to(mean.dtype).div_(n_b)
+    # Out of place: in float64 .to() returns the product itself, which is still to be added.
+    offset = product[0].to(mean.dtype) / n_b
     offset_squared = offset.square()
-    spread = torch.diagonal(product[1:]).to(mean.dtype).div_(n_b).sub_(offset_squared)
+    spread = torch.diagonal(product[1:]).to(mean.dtype) / n_b - offset_squared
     # NaN and Inf fail this comparison too; told apart only when it fails.
     if not bool((offset_squared <= MAX_OFFSET_TO_STD**2 * spread).all()):
         if not bool(torch.isfinite(offset).all() & torch.isfinite(spread).all()):

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from .accumulator import FeatureAccumulator
-from .cost import CostModel, layer_cost
+from .cost import CostModel, layer_cost, relative_cost
 from .covariance import TorchCovarianceMatrix
 from .kernels import to_device
 from .observations import ObservationConfig, ObserverEntry, observe
-from .precision import state_device
+from .precision import resolve_precision, state_device
 from .sampling import ReservoirSample, RowSampler
 from .torch_features import autocast_enabled
 
@@ -131,12 +131,16 @@ class LayerRecorder:
 
     def _within_budget(self, module: nn.Module, output: object, rows: torch.Tensor, n: int, d: int) -> torch.Tensor:
         """The rows the budget lets this layer keep (all of them without one)."""
-        costs = self.settings.costs
+        settings = self.settings
+        costs = settings.costs
         if costs is None:
             return rows
         if self.name not in costs:
-            costs.note(layer_cost(self.name, module, output, n, d))
-        sampler = self.settings.sampler
+            exact = resolve_precision(settings.precision, rows.device) == "float64"
+            product = torch.float64 if exact else torch.float32
+            weights = relative_cost(rows.device.type, product, rows.dtype)
+            costs.note(layer_cost(self.name, module, output, n, d, weights))
+        sampler = settings.sampler
         if sampler is None:
             return rows
         keep = costs.rows_to_keep(self.name, n)

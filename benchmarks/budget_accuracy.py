@@ -43,8 +43,8 @@ def digits_batches(name: str, batch: int) -> list[tuple[torch.Tensor, torch.Tens
     if name == "gpt":
         levels = (x_train.flatten(1) * 15).round().long()  # 16 grey levels: 64 tokens per image
         tokens = torch.cat([levels, levels + 16], dim=1) % GPT_VOCAB  # 128 tokens
-        pairs = [(tokens[i : i + batch], torch.roll(tokens[i : i + batch], -1, dims=1)) for i in range(0, len(tokens), batch)]
-        return [(x, y) for x, y in pairs if len(x) == batch]
+        chunks = [tokens[i : i + batch] for i in range(0, len(tokens), batch)]
+        return [(x, torch.roll(x, -1, dims=1)) for x in chunks if len(x) == batch]
     side = INPUT_SIDE[name]
     images = F.interpolate(x_train, size=(side, side), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     images = (images - images.mean()) / images.std()

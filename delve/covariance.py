@@ -338,7 +338,7 @@ class TorchCovarianceMatrix:
                 self._pending = PendingRows(
                     pending_capacity(mean.shape[0], held.dtype), mean.shape[0], held.dtype, moments.mean.device
                 )
-                self._pending.add(held.to(moments.mean.device))
+                self._pending.restore(held)
         self._rejected = int(state.get("rejected_batches", 0))
         self._write_device_counters()
 

@@ -160,6 +160,11 @@ class PendingRows:
         self.count += n
         return True
 
+    def restore(self, rows: torch.Tensor) -> None:
+        """Put back ``(n, d)`` rows saved by a checkpoint (judged finite when they first came in)."""
+        self.buffer[: rows.shape[0]].copy_(rows)
+        self.count = rows.shape[0]
+
     def rows(self) -> torch.Tensor:
         """The rows held, ``(count, d)``."""
         return self.buffer[: self.count]

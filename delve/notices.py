@@ -81,7 +81,7 @@ class Notices:
         self._costly = True
         warnings.warn(
             f"delve: tracking every row is estimated at {ratio:.0%} of the tracked layers' training work; "
-            f"{', '.join(dominating)} make up most of it (wide outputs cost d^2 per row). "
+            f"most of it is in {', '.join(repr(name) for name in dominating)} (wide outputs cost d^2 per row). "
             "SaturationTracker(..., max_overhead=0.05) records a random subset of rows within a 5 % budget; "
             "tracker.cost() shows the estimate per layer",
             UserWarning,

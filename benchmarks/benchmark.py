@@ -63,10 +63,11 @@ from model_sections import describe, run_models  # noqa: E402
 from report import Section, machine_description  # noqa: E402
 from sections import run_add_saturations, run_max_positions, run_memory, run_scaling  # noqa: E402
 from workloads import MODEL_NAMES, workloads  # noqa: E402
+from writer_times import run_writers  # noqa: E402
 
 from delve.io import atomic_write  # noqa: E402
 
-OTHER_SECTIONS = ("add_saturations", "memory", "max_positions", "scaling")
+OTHER_SECTIONS = ("add_saturations", "writers", "memory", "max_positions", "scaling")
 SECTIONS = (*MODEL_NAMES, *OTHER_SECTIONS)
 
 
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     run_models(report, model_plan(models, args), clock, args.saturation_repeats, CPU_MODES)
     if "add_saturations" in sections:
         run_add_saturations(report, repeats=3 if args.quick else 7, train_steps=4)
+    if "writers" in sections:
+        run_writers(report, repeats=2 if args.quick else 3)
     if "memory" in sections:
         run_memory(report, steps=3 if args.quick else 10)
     if "max_positions" in sections:

@@ -302,10 +302,12 @@ class TorchCovarianceMatrix:
         """Tensors only, so the state loads with ``torch.load(weights_only=True)``.
 
         The co-moment is stored as its upper triangle (row by row), half the
-        matrix; batches held back to be merged together are stored as they
-        are, so the accumulator that loads continues exactly like the one
-        that saved.
+        matrix. Batches held back to be merged together are merged first
+        (here, in the live accumulator too): held rows would add up to half
+        a matrix again, and merging them in both the saving and the loading
+        run keeps the two identical from here on.
         """
+        self.flush()
         self._sync_device_counters()
         moments, pending = self._moments, self._pending
         state = {

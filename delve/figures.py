@@ -84,19 +84,33 @@ def _text_width_inches(labels: Sequence[str], fontsize: float) -> float:
     return max(measure.get_text_width_height_descent(label, font, ismath=False)[0] for label in labels) / 72.0
 
 
+def _row_height(fontsize: float) -> float:
+    """Height in inches of one labelled row (a layer)."""
+    return 0.34 * max(1.0, fontsize / DEFAULT_FONTSIZE)
+
+
 def _framed_axes(
-    labels: Sequence[str], fontsize: float, plot_width: float, rows: int, title_lines: int, right: float = 0.4
+    labels: Sequence[str],
+    fontsize: float,
+    plot_width: float,
+    rows: int,
+    title_lines: int,
+    right: float = 0.4,
+    max_height: float | None = None,
 ) -> tuple[Figure, object]:
     """A figure sized around one axes so the labels fit without a tight-bbox pass.
 
     ``bbox_inches="tight"`` draws every figure twice; sizing the margins from
-    the measured label widths costs almost nothing.
+    the measured label widths costs almost nothing. The axes is at most
+    ``max_height`` inches high, when given.
     """
     em = fontsize / 72.0
     left = 0.3 + _text_width_inches(labels, fontsize)
     top = 0.25 + 1.35 * em * 1.1 * title_lines
     bottom = 0.3 + 2.6 * em
-    plot_height = max(1.2, 0.34 * rows * max(1.0, fontsize / DEFAULT_FONTSIZE))
+    plot_height = max(1.2, _row_height(fontsize) * rows)
+    if max_height is not None:
+        plot_height = min(plot_height, max(1.2, max_height))
     width, height = left + plot_width + right, bottom + plot_height + top
     figure = new_figure(width, height)
     axes = figure.add_axes((left / width, bottom / height, plot_width / width, plot_height / height))
@@ -110,6 +124,7 @@ def profile_figure(
     epoch: int,
     primary: tuple[str, float] | None = None,
     fontsize: float = DEFAULT_FONTSIZE,
+    run: str | None = None,
 ) -> Figure:
     """One bar per layer, in the given (forward) order, top to bottom.
 
@@ -130,12 +145,15 @@ def profile_figure(
         A user metric (the writer's ``primary_metric``) shown under the title.
     fontsize : float
         Base font size.
+    run : str, optional
+        The run's name, put first in the title so that a downloaded image
+        says where it came from.
 
     Examples
     --------
-    >>> figure = profile_figure({"conv1": 0.5, "fc": 0.25}, "saturation", "train", 3, ("test_accuracy", 0.9))
-    >>> [float(limit) for limit in figure.axes[0].get_xlim()]
-    [0.0, 1.0]
+    >>> figure = profile_figure({"conv1": 0.5, "fc": 0.25}, "saturation", "train", 3, ("test_accuracy", 0.9), run="vgg")
+    >>> [float(limit) for limit in figure.axes[0].get_xlim()], figure.axes[0].get_title().splitlines()[0]
+    ([0.0, 1.0], 'vgg: saturation (train), epoch 3')
     """
     layers = list(values)
     numbers = np.array([float(values[layer]) for layer in layers], dtype=np.float64)
@@ -174,30 +192,47 @@ def profile_figure(
     axes.set_xlabel(stat, fontsize=fontsize)
     axes.grid(axis="x", alpha=0.3)
     axes.set_axisbelow(True)
-    title = f"{stat} ({mode}), epoch {epoch}"
+    title = _run_prefix(run) + f"{stat} ({mode}), epoch {epoch}"
     if primary is not None:
         title += f"\n{primary[0]} = {_format(primary[1])}"
     axes.set_title(title, fontsize=fontsize * 1.1)
     return figure
 
 
-def heatmap_figure(history: pd.DataFrame, stat: str, mode: str, fontsize: float = DEFAULT_FONTSIZE) -> Figure:
+def heatmap_figure(
+    history: pd.DataFrame,
+    stat: str,
+    mode: str,
+    fontsize: float = DEFAULT_FONTSIZE,
+    run: str | None = None,
+    max_height: float | None = None,
+) -> Figure:
     """Layers (rows, forward order) by epochs (columns), coloured by value.
 
     Statistics bounded on both sides use a fixed colour scale. Epochs missing from
-    ``history`` are left blank.
+    ``history`` are left blank. With ``max_height``, a network with more
+    layers than fit gets thinner rows and a label on every k-th layer, so the
+    image keeps its shape at any depth (TensorBoard shows it in a small card).
 
     Parameters
     ----------
     history : pandas.DataFrame
         Index: layer names; columns: epochs; cells: values.
+    stat, mode : str
+        Statistic name and ``train``/``eval``, for the title and the scale.
+    fontsize : float
+        Base font size.
+    run : str, optional
+        The run's name, put first in the title.
+    max_height : float, optional
+        Highest plot area in inches; default: one full row per layer.
 
     Examples
     --------
     >>> history = pd.DataFrame({0: [0.2, 0.9], 1: [0.3, 0.8]}, index=["conv1", "fc"])
-    >>> figure = heatmap_figure(history, "saturation", "train")
-    >>> figure.axes[0].images[0].get_clim()
-    (0.0, 1.0)
+    >>> figure = heatmap_figure(history, "saturation", "train", run="vgg")
+    >>> figure.axes[0].images[0].get_clim(), figure.axes[0].get_title()
+    ((0.0, 1.0), 'vgg: saturation (train) per layer and epoch')
     """
     epochs = [int(epoch) for epoch in history.columns]
     first, last = (min(epochs), max(epochs)) if epochs else (0, 0)
@@ -205,7 +240,13 @@ def heatmap_figure(history: pd.DataFrame, stat: str, mode: str, fontsize: float 
     data = np.ma.masked_invalid(full.to_numpy(dtype=np.float64))
     layers = [str(layer) for layer in history.index]
     width = min(14.0, max(4.0, 0.12 * (last - first + 1) + 3.0))
-    figure, axes = _framed_axes(layers, fontsize, width, len(layers), 1, right=1.3)
+    every = 1
+    if max_height is not None and layers:
+        # A label needs about 1.5 line heights; rows thinner than that share one.
+        every = max(1, math.ceil(len(layers) * 1.5 * fontsize / 72 / max(1.2, max_height)))
+    ticks = np.arange(0, len(layers), every)
+    shown = [layers[tick] for tick in ticks]
+    figure, axes = _framed_axes(shown, fontsize, width, len(layers), 1, right=1.3, max_height=max_height)
     limits = axis_limits(stat)
     scale = {"vmin": limits[0], "vmax": limits[1]} if limits is not None else {}
     image = axes.imshow(
@@ -216,11 +257,11 @@ def heatmap_figure(history: pd.DataFrame, stat: str, mode: str, fontsize: float 
         extent=(first - 0.5, last + 0.5, len(layers) - 0.5, -0.5),
         **scale,
     )
-    axes.set_yticks(np.arange(len(layers)), labels=layers, fontsize=fontsize)
+    axes.set_yticks(ticks, labels=shown, fontsize=fontsize)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
     axes.tick_params(axis="x", labelsize=fontsize * 0.9)
     axes.set_xlabel("epoch", fontsize=fontsize)
-    axes.set_title(f"{stat} ({mode}) per layer and epoch", fontsize=fontsize * 1.1)
+    axes.set_title(_run_prefix(run) + f"{stat} ({mode}) per layer and epoch", fontsize=fontsize * 1.1)
     box = axes.get_position()
     figure_width = figure.get_size_inches()[0]
     colorbar_axes = figure.add_axes((box.x1 + 0.15 / figure_width, box.y0, 0.18 / figure_width, box.height))
@@ -313,6 +354,10 @@ def figure_to_rgb(figure: Figure) -> np.ndarray:
     rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
     figure.clear()
     return rgb
+
+
+def _run_prefix(run: str | None) -> str:
+    return f"{run}: " if run else ""
 
 
 def _format(value: float) -> str:

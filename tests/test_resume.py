@@ -96,11 +96,13 @@ def test_tensorboard_steps_continue_in_one_run_folder(runs):
     assert not [p for p in (runs / "resumed").rglob("events.out.tfevents.*") if p.parent != runs / "resumed"]
     straight, resumed = _scalars(runs / "straight"), _scalars(runs / "resumed")
     # The first session's epoch 2 is replaced by the second session's, not duplicated.
-    assert resumed["scalars"]["saturation/train/0"] == straight["scalars"]["saturation/train/0"]
+    assert resumed["scalars"]["01-saturation-by-layer/train/0"] == straight["scalars"]["01-saturation-by-layer/train/0"]
     assert [step for step, _ in resumed["scalars"]["test_accuracy"]] == [0, 1, 2, 3]
-    assert resumed["images"] == straight["images"] == {"saturation-profile/train": [0, 1, 2, 3]}
+    assert resumed["images"] == straight["images"]
+    assert resumed["images"]["01-saturation/profile/train"] == [0, 1, 2, 3]
+    assert resumed["images"]["01-saturation/heatmap/train"] == [0, 1, 2, 3]
     assert resumed["histograms"] == straight["histograms"]
-    assert resumed["histograms"]["covariance-eigenvalues/train/2"] == [0, 1, 2, 3]
+    assert resumed["histograms"]["03-covariance-eigenvalues-by-layer/train/2"] == [0, 1, 2, 3]
 
 
 def test_plots_continue(runs):

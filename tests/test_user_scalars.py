@@ -76,7 +76,7 @@ def test_tensorboard_keeps_user_names(run) -> None:
     tags = set(accumulator.Tags()["scalars"])
     assert set(USER_SCALARS) <= tags
     assert not any(tag.startswith(("acc/", "average-loss/", "loss/")) for tag in tags)
-    assert "saturation/train/0" in tags and "saturation/eval/average" in tags
+    assert "01-saturation-by-layer/train/0" in tags and "01-saturation/average/eval" in tags
 
 
 def test_plots_draw_no_user_scalar_as_a_layer_profile(run) -> None:

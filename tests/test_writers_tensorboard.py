@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
-from delve import SaturationTracker
-from delve.writers import TensorBoardWriter
+from delve import SaturationTracker, Statistic, register_statistic
+from delve.figures import draw_later
+from delve.statistics import STATISTICS
+from delve.writers import TensorBoardWriter, WriterError
 from delve.writers.tensorboard import tensorboard_tag
+from delve.writers.tensorboard_tags import section
 
 ALL = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
 
@@ -55,10 +60,30 @@ def run(tmp_path_factory):
 
 
 def test_tag_names():
-    assert tensorboard_tag("train-saturation_features-0") == "saturation/train/features-0"
-    assert tensorboard_tag("eval-intrinsic-dimensionality_fc_1") == "intrinsic-dimensionality/eval/fc_1"
-    assert tensorboard_tag("train-average-saturation") == "saturation/train/average"
+    assert tensorboard_tag("train-saturation_features-0") == "01-saturation-by-layer/train/features-0"
+    assert tensorboard_tag("eval-intrinsic-dimensionality_fc_1") == "02-intrinsic-dimensionality-by-layer/eval/fc_1"
+    assert tensorboard_tag("train-average-saturation") == "01-saturation/average/train"
+    assert tensorboard_tag("train-rows_fc") == "rows-by-layer/train/fc"  # no statistic: no position
     assert tensorboard_tag("loss") == "loss"
+
+
+def test_sections_follow_the_registry_order():
+    # Reference: the registry's own order, read independently of the tag code.
+    names = [statistic.name for statistic in STATISTICS.values()]
+    assert names[0] == "saturation"
+    sections = [section(name) for name in names]
+    assert sections == [f"{index + 1:02d}-{name}" for index, name in enumerate(names)]
+    # TensorBoard sorts sections by name: the registry's order survives, saturation first.
+    assert sorted([*sections, "covariance-eigenvalues", "accuracy", "loss"])[: len(sections)] == sections
+
+
+def test_a_registered_statistic_comes_after_the_built_ins():
+    statistic = Statistic("top", "top-eigenvalue-share", lambda s: 0.0, bounds=(0.0, 1.0))
+    register_statistic(statistic)
+    try:
+        assert section("top-eigenvalue-share") == f"{len(STATISTICS):02d}-top-eigenvalue-share"
+    finally:
+        del STATISTICS["top"]
 
 
 def test_one_run_directory_per_tracker(run):
@@ -70,66 +95,152 @@ def test_scalars_grouped_by_statistic_with_epoch_steps(run):
     root, logged = run
     accumulator = accumulate(root / "run")
     expected = {
-        f"{stat}/{mode}/{layer}"
-        for stat in ("saturation", "intrinsic-dimensionality")
+        f"{prefix}-by-layer/{mode}/{layer}"
+        for prefix in ("01-saturation", "02-intrinsic-dimensionality")
         for mode in ("train", "eval")
         for layer in ("0", "2")
-    } | {"test_accuracy"}
+    } | {"test_accuracy", "01-saturation/average/train", "01-saturation/average/eval"}
     assert set(accumulator.Tags()["scalars"]) == expected
     for mode in ("train", "eval"):
-        events = accumulator.Scalars(f"saturation/{mode}/0")
+        events = accumulator.Scalars(f"01-saturation-by-layer/{mode}/0")
         assert [event.step for event in events] == [0, 1, 2]
         # TensorBoard stores float32.
         np.testing.assert_allclose(
             [event.value for event in events], [values[f"{mode}-saturation_0"] for values in logged], rtol=1e-6
         )
-    idim = accumulator.Scalars("intrinsic-dimensionality/train/2")
+        # average_sat=False: the writer takes the layer average itself.
+        average = accumulator.Scalars(f"01-saturation/average/{mode}")
+        assert [event.step for event in average] == [0, 1, 2]
+        np.testing.assert_allclose(
+            [event.value for event in average],
+            [np.mean([values[f"{mode}-saturation_{layer}"] for layer in ("0", "2")]) for values in logged],
+            rtol=1e-6,
+        )
+    idim = accumulator.Scalars("02-intrinsic-dimensionality-by-layer/train/2")
     assert [event.value for event in idim] == [values["train-intrinsic-dimensionality_2"] for values in logged]
     accuracy = accumulator.Scalars("test_accuracy")
     np.testing.assert_allclose([e.value for e in accuracy], [0.5, 0.6, 0.7], rtol=1e-6)
 
 
-def test_custom_scalars_layout_one_multiline_chart_per_statistic_and_mode(run):
-    root, _ = run
-    accumulator = accumulate(root / "run")
-    tensors = accumulator.Tensors("custom_scalars__config__")
+def test_the_trackers_own_average_is_logged_once(tmp_path):
+    torch.manual_seed(0)
+    model = _model()
+    tracker = SaturationTracker(str(tmp_path / "run"), save_to="tensorboard", modules=model, average_sat=True)
+    logged = []
+    for _ in range(2):
+        model(torch.randn(40, 6))
+        logged.append(tracker.add_saturations())
+    tracker.close()
+    events = accumulate(tmp_path / "run").Scalars("01-saturation/average/train")
+    assert [event.step for event in events] == [0, 1]
+    np.testing.assert_allclose([e.value for e in events], [v["train-average-saturation"] for v in logged], rtol=1e-6)
+
+
+def read_layout(logdir: Path) -> layout_pb2.Layout:
+    tensors = accumulate(logdir).Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout()
     layout.ParseFromString(tensors[-1].tensor_proto.string_val[0])
-    charts = {
-        category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart}
-        for category in layout.category
-    }
-    assert set(charts) == {"saturation", "intrinsic-dimensionality"}
-    tags = accumulator.Tags()["scalars"]
-    import re
-
-    for stat, by_title in charts.items():
-        assert len(by_title) == 2  # train and eval
-        for title, patterns in by_title.items():
-            mode = "train" if "train" in title else "eval"
-            # Each chart's pattern selects exactly the layers of its statistic and mode.
-            matched = {tag for tag in tags if any(re.search(p, tag) for p in patterns)}
-            assert matched == {f"{stat}/{mode}/0", f"{stat}/{mode}/2"}
+    return layout
 
 
-def test_saturation_profile_image_each_epoch(run):
+def test_custom_scalars_layout_saturation_first_and_open(run):
+    root, _ = run
+    layout = read_layout(root / "run")
+    assert [category.title for category in layout.category] == ["saturation", "intrinsic-dimensionality"]
+    assert [category.closed for category in layout.category] == [False, True]
+    tags = accumulate(root / "run").Tags()["scalars"]
+    for category in layout.category:
+        stat = category.title
+        prefix = section(stat)
+        titles = [chart.title for chart in category.chart]
+        expected = {}
+        for mode in ("train", "eval"):
+            if stat == "saturation":
+                expected[f"{stat} ({mode}): average over layers"] = {f"{prefix}/average/{mode}"}
+            layers = {f"{prefix}-by-layer/{mode}/{layer}" for layer in ("0", "2")}
+            expected[f"{stat} ({mode}): 0 ... 2 (layers 1-2 of 2)"] = layers
+        assert titles == list(expected)
+        for chart in category.chart:
+            # Each chart's pattern selects exactly its tags among those logged.
+            matched = {tag for tag in tags if any(re.search(p, tag) for p in chart.multiline.tag)}
+            assert matched == expected[chart.title]
+
+
+def test_charts_hold_at_most_eight_layers_in_network_order(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(19)])
+    tracker = SaturationTracker(str(tmp_path / "run"), save_to="tensorboard", modules=model, stats=["lsat"])
+    model(torch.randn(30, 4))
+    tracker.add_saturations()
+    tracker.close()
+    (category,) = read_layout(tmp_path / "run").category
+    tags = accumulate(tmp_path / "run").Tags()["scalars"]
+    charts = [chart for chart in category.chart if "average" not in chart.title]
+    groups = [
+        sorted(
+            (int(tag.rsplit("/", 1)[1]) for tag in tags if any(re.search(p, tag) for p in chart.multiline.tag)),
+        )
+        for chart in charts
+    ]
+    # Network order is 0, 1, ..., 18 (not the sorted names 0, 1, 10, 11, ...).
+    assert groups == [list(range(0, 7)), list(range(7, 13)), list(range(13, 19))]
+    assert charts[0].title == "saturation (train): 0 ... 6 (layers 1-7 of 19)"
+
+
+def decoded(event) -> np.ndarray:
+    return mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")
+
+
+def test_profile_and_heatmap_images_each_epoch(run):
     root, _ = run
     accumulator = accumulate(root / "run")
-    for mode in ("train", "eval"):
-        images = accumulator.Images(f"saturation-profile/{mode}")
+    assert set(accumulator.Tags()["images"]) == {
+        f"{prefix}/{kind}/{mode}"
+        for prefix, kinds in (("01-saturation", ("profile", "heatmap")), ("02-intrinsic-dimensionality", ("heatmap",)))
+        for kind in kinds
+        for mode in ("train", "eval")
+    }
+    for tag in accumulator.Tags()["images"]:
+        images = accumulator.Images(tag)
         assert [image.step for image in images] == [0, 1, 2]
-        pixels = mpimg.imread(io.BytesIO(images[-1].encoded_image_string), format="png")
+        pixels = decoded(images[-1])
         assert pixels.shape[0] == images[-1].height > 100 and pixels.shape[1] == images[-1].width > 100
         assert pixels[..., :3].std() > 0.01
+
+
+def test_image_titles_name_the_run_and_heatmaps_use_fixed_scales(tmp_path, monkeypatch):
+    import delve.writers.tensorboard as module
+
+    seen = []
+    render = module.figure_to_rgb
+
+    def spy(figure):
+        axes = figure.axes[0]
+        seen.append((axes.get_title(), axes.images[0].get_clim() if axes.images else None))
+        return render(figure)
+
+    monkeypatch.setattr(module, "figure_to_rgb", spy)
+    model = _model()
+    tracker = SaturationTracker(str(tmp_path / "lean-net"), save_to="tb", modules=model, stats=["lsat", "idim"])
+    model(torch.randn(30, 6))
+    tracker.add_saturations()
+    tracker.close()
+    assert sorted(title for title, _ in seen) == [
+        "lean-net: intrinsic-dimensionality (train) per layer and epoch",
+        "lean-net: saturation (train) per layer and epoch",
+        "lean-net: saturation (train), epoch 0",
+    ]
+    scales = {title: clim for title, clim in seen}
+    assert scales["lean-net: saturation (train) per layer and epoch"] == (0.0, 1.0)
 
 
 def test_covariance_logged_as_eigenvalue_histogram(run, ref):
     root, _ = run
     accumulator = accumulate(root / "run")
     assert set(accumulator.Tags()["histograms"]) == {
-        f"covariance-eigenvalues/{mode}/{layer}" for mode in ("train", "eval") for layer in ("0", "2")
+        f"03-covariance-eigenvalues-by-layer/{mode}/{layer}" for mode in ("train", "eval") for layer in ("0", "2")
     }
-    events = accumulator.Histograms("covariance-eigenvalues/train/0")
+    events = accumulator.Histograms("03-covariance-eigenvalues-by-layer/train/0")
     assert [event.step for event in events] == [0, 1, 2]
     # A histogram of the spectrum: one entry per eigenvalue, all >= 0.
     assert all(event.histogram_value.num == 5 for event in events)
@@ -141,9 +252,9 @@ def test_histogram_values_match_numpy_eigenvalues(tmp_path, ref):
     cov = ref.cov(rows)
     writer = TensorBoardWriter(str(tmp_path / "run"))
     writer.add_array("train-covariance-matrix_fc", cov, 7)
-    writer.add_array("train-embedded-sample_fc", rows[:, :2], 7)  # not logged, no crash
+    writer.add_array("train-embedded-sample_fc", rows[:, :2], 7)
     writer.close()
-    histogram = accumulate(tmp_path / "run").Histograms("covariance-eigenvalues/train/fc")[0]
+    histogram = accumulate(tmp_path / "run").Histograms("03-covariance-eigenvalues-by-layer/train/fc")[0]
     values = ref.eigenvalues(cov)
     assert histogram.step == 7
     assert histogram.histogram_value.num == 4
@@ -182,9 +293,86 @@ def test_embedded_sample_is_logged_as_a_scatter_image(tmp_path):
     tracker.close()
     assert values["train-embedded-sample_0"].shape == (40, 2)
     accumulator = accumulate(tmp_path / "run")
-    assert {"embedded-sample/train/0", "embedded-sample/train/2"} <= set(accumulator.Tags()["images"])
-    event = accumulator.Images("embedded-sample/train/0")[0]
+    tags = {"07-embedded-sample-by-layer/train/0", "07-embedded-sample-by-layer/train/2"}
+    assert tags <= set(accumulator.Tags()["images"])
+    event = accumulator.Images("07-embedded-sample-by-layer/train/0")[0]
     assert event.step == 0
     image = mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert image[..., :3].std() > 0.05  # a drawn figure, not a blank image
+
+
+def event_order(logdir: Path) -> list[tuple[str, int]]:
+    """(tag, step) of every summary value, in the order of the event file."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    (path,) = logdir.glob("events.out.tfevents.*")
+    return [(value.tag, event.step) for event in EventFileLoader(str(path)).Load() for value in event.summary.value]
+
+
+def _three_epochs(savefile: Path, background: bool) -> None:
+    torch.manual_seed(0)
+    model = _model()
+    tracker = SaturationTracker(
+        str(savefile), save_to="tb", modules=model, stats=["lsat", "embed"], writer_args={"background": background}
+    )
+    for epoch in range(3):
+        model.train()
+        model(torch.randn(40, 6))
+        model.eval()
+        model(torch.randn(30, 6))
+        tracker.add_scalar("loss", 1.0 / (epoch + 1))
+        tracker.add_saturations()
+    tracker.close()
+
+
+def test_images_drawn_in_the_background_keep_the_event_order(tmp_path):
+    _three_epochs(tmp_path / "drawn-later", background=True)
+    _three_epochs(tmp_path / "drawn-in-place", background=False)
+    later, in_place = event_order(tmp_path / "drawn-later"), event_order(tmp_path / "drawn-in-place")
+    assert later == in_place
+    images = set(accumulate(tmp_path / "drawn-later").Tags()["images"])
+    assert {"01-saturation/profile/eval", "01-saturation/heatmap/train", "07-embedded-sample-by-layer/eval/2"} <= images
+    # An epoch's images come after its scalars and before the next epoch's.
+    steps = [step for tag, step in later if tag != "custom_scalars__config__"]
+    assert steps == sorted(steps)
+
+
+def test_save_returns_before_the_images_are_drawn(tmp_path, monkeypatch):
+    import delve.writers.tensorboard as module
+
+    drawn = []
+    render = module.figure_to_rgb
+    monkeypatch.setattr(module, "figure_to_rgb", lambda figure: drawn.append(figure) or render(figure))
+    gate = threading.Event()
+    blocked = draw_later(gate.wait)  # holds delve's one drawing thread
+    try:
+        writer = TensorBoardWriter(str(tmp_path / "run"))
+        writer.add_scalar("train-saturation_fc", 0.5, epoch=0)
+        writer.save()
+        assert drawn == []  # save() returned without drawing
+    finally:
+        gate.set()
+    blocked.result()
+    writer.close()
+    assert len(drawn) == 2
+    assert set(accumulate(tmp_path / "run").Tags()["images"]) == {
+        "01-saturation/profile/train",
+        "01-saturation/heatmap/train",
+    }
+
+
+def test_a_drawing_error_is_raised_by_the_next_call(tmp_path, monkeypatch):
+    import delve.writers.tensorboard as module
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "figure_to_rgb", broken)
+    writer = TensorBoardWriter(str(tmp_path / "run"))
+    writer.add_scalar("train-saturation_fc", 0.5, epoch=0)
+    writer.save()
+    with pytest.raises(WriterError, match="No space left on device"):
+        writer.add_scalar("train-saturation_fc", 0.5, epoch=1)
+    monkeypatch.undo()
+    writer.close()

@@ -302,4 +302,6 @@ def run_demo(
         print(f"  plots per network:        {', '.join(folders)}", file=stream)
     if files["tensorboard"]:
         print(f"  TensorBoard logs:         tensorboard --logdir {out_dir}", file=stream)
+        # Each point is an epoch: TensorBoard's default smoothing would bend the curves.
+        print("                            then open http://localhost:6006/?smoothing=0", file=stream)
     return 0

@@ -1,79 +1,83 @@
-"""TensorBoard output through tensorboardX: one run per tracker, one section per statistic."""
+"""TensorBoard output through tensorboardX: saturation first, readable at any number of layers.
+
+Tags and the custom-scalars layout are described in
+:mod:`delve.writers.tensorboard_tags`.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from ..figures import embedding_figure, figure_to_rgb, profile_figure
+from ..figures import draw_later, embedding_figure, figure_to_rgb, heatmap_figure, profile_figure
 from ..layout import tensorboard_dir
 from ..metrics import eigenvalues
-from ..naming import RunRecord, classify
+from ..naming import classify
+from ..statistics import STATISTICS, by_name
 from .base import AbstractWriter, writing
+from .tensorboard_tags import custom_scalars_layout, layer_tag, overview_tag, tensorboard_tag
 
 __all__ = ["TensorBoardWriter", "tensorboard_tag"]
 
 logger = logging.getLogger("delve")
 
-PROFILE_STAT = "saturation"
-SPECTRUM_SECTION = "covariance-eigenvalues"
+PROFILE_STAT = STATISTICS["lsat"].name
+SPECTRUM_LABEL = "covariance-eigenvalues"
+#: Inches of a heatmap's plot area, at most: the image keeps its shape in a
+#: Time Series card at any depth (thinner rows, every k-th layer labelled).
+HEATMAP_HEIGHT = 4.5
 
-
-def tensorboard_tag(name: str, record: RunRecord | None = None) -> str:
-    """The TensorBoard tag of a logged value: ``<stat>/<mode>/<layer>``.
-
-    TensorBoard groups tags by their first component, so each statistic gets
-    its own dashboard section. Layer averages become ``<stat>/<mode>/average``;
-    other names (user scalars) are kept as they are. With the tracker's
-    ``record``, only the values it describes are split (see
-    :func:`delve.naming.classify`).
-
-    Examples
-    --------
-    >>> tensorboard_tag("train-saturation_features-0")
-    'saturation/train/features-0'
-    >>> tensorboard_tag("eval-average-saturation")
-    'saturation/eval/average'
-    >>> tensorboard_tag("test_accuracy")
-    'test_accuracy'
-    """
-    mode, layer, stat = classify(name, record)
-    if mode is None:
-        return name
-    if layer is None:
-        return f"{stat[len('average-') :]}/{mode}/average"
-    return f"{stat}/{mode}/{layer}"
+#: An image still to be drawn: its tag, its step and the function building its figure.
+ImageJob = tuple[str, int, Callable[[], Any]]
 
 
 class TensorBoardWriter(AbstractWriter):
     """Log to TensorBoard with a tensorboardX ``SummaryWriter``.
 
-    What it writes, with ``global_step`` = epoch:
+    What it writes, with ``global_step`` = epoch (tags: see
+    :mod:`delve.writers.tensorboard_tags`; ``01-saturation`` sorts first):
 
-    * scalars under ``<stat>/<mode>/<layer>`` (one dashboard section per
-      statistic); user scalars under their own names;
-    * a custom-scalars layout: per statistic, one multi-line chart per mode
-      holding every layer;
-    * each epoch, the per-layer saturation profile as the image
-      ``saturation-profile/<mode>``;
+    * per layer, scalars ``<NN>-<stat>-by-layer/<mode>/<layer>``; user
+      scalars under their own names;
+    * per statistic and mode, the layer average ``<NN>-<stat>/average/<mode>``
+      for statistics averaged over layers (saturation), taken here when the
+      tracker does not log it (``average_sat=False``);
+    * per statistic and mode, each epoch, the image
+      ``<NN>-<stat>/heatmap/<mode>``: layers (rows, network order) by epochs,
+      bounded statistics on their fixed colour scale (saturation: 0..1);
+    * the saturation profile image ``01-saturation/profile/<mode>`` (one bar
+      per layer, fixed 0..1 axis);
+    * a custom-scalars layout: one category per statistic in registry order,
+      saturation first and open, per mode a chart of the layer average and
+      charts of at most eight consecutive layers;
     * stat ``cov``: the eigenvalue spectrum as the histogram
-      ``covariance-eigenvalues/<mode>/<layer>`` (a matrix is no scalar);
+      ``03-covariance-eigenvalues-by-layer/<mode>/<layer>``;
     * stat ``embed``: the sampled outputs on the two leading eigenvectors as
-      the scatter image ``embedded-sample/<mode>/<layer>``.
+      the scatter image ``07-embedded-sample-by-layer/<mode>/<layer>``.
+
+    Image titles start with the run's name (the log folder's name), so a
+    downloaded PNG says where it came from. Images are drawn on delve's
+    drawing thread (see :func:`delve.figures.draw_later`) while training goes
+    on; every other call of the writer first waits for them, so the event
+    file's order is the same as when drawn in place, and :meth:`close` returns
+    with everything written and flushed.
 
     Everything goes to ONE run folder, ``<savepath>`` (see
-    :mod:`delve.writers.layout`), so ``tensorboard --logdir <parent>`` shows one
-    run per tracker. The folder is created at the first value. A resumed run
+    :mod:`delve.layout`), so ``tensorboard --logdir <parent>`` shows one run
+    per tracker. The folder is created at the first value. A resumed run
     (``initial_epoch=k``) appends a new event file to the same folder, telling
-    TensorBoard to discard the earlier steps ``>= k``.
+    TensorBoard to discard the earlier steps ``>= k``; its heatmaps start at
+    epoch ``k``.
 
     Other ``add_*`` calls of ``SummaryWriter`` (``add_image``, ``add_text``,
     ...) are available on the writer, and through the tracker, with
@@ -87,8 +91,15 @@ class TensorBoardWriter(AbstractWriter):
         Use this folder instead of ``<savepath>``.
     profile_images : bool
         Log the saturation profile image each epoch.
+    heatmap_images : bool
+        Log the layers-by-epochs image of each statistic and mode each epoch.
     flush_secs : int
         Passed to ``SummaryWriter``; :meth:`save` flushes every epoch anyway.
+    fontsize : float
+        Base font size of the images.
+    background : bool
+        Draw images on the drawing thread (default); ``False`` draws them
+        before :meth:`save` returns.
 
     Examples
     --------
@@ -106,20 +117,30 @@ class TensorBoardWriter(AbstractWriter):
         savepath: str,
         logdir: str | None = None,
         profile_images: bool = True,
+        heatmap_images: bool = True,
         flush_secs: int = 120,
         fontsize: float = 11,
+        background: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(savepath)
         self.logdir = Path(logdir) if logdir is not None else tensorboard_dir(self.savepath)
+        self.run_name = self.logdir.name
         self.profile_images = bool(profile_images)
+        self.heatmap_images = bool(heatmap_images)
         self.flush_secs = int(flush_secs)
         self.fontsize = fontsize
+        self.background = bool(background)
         self._summary_writer: Any = None
         self._purge_step: int | None = None
-        self._charts: dict[tuple[str, str], None] = {}
-        self._charts_written = 0
-        self._profiles: dict[tuple[str, int], dict[str, float]] = {}
+        # (stat, mode) -> layer -> epoch -> value, layers in order of arrival.
+        self._history: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+        self._averages: set[tuple[str, str]] = set()
+        self._logged_averages: set[tuple[str, str, int]] = set()
+        self._layout_written: Any = None
+        self._epochs: set[int] = set()
+        self._images: list[ImageJob] = []
+        self._drawing: Future[None] | None = None
         self._last_epoch = 0
 
     # ------------------------------------------------------------ internals
@@ -145,65 +166,141 @@ class TensorBoardWriter(AbstractWriter):
             self._last_epoch = int(epoch)
         return self._last_epoch
 
+    def _layers(self, stat: str, mode: str) -> list[str]:
+        """The layers of ``stat`` in network order (the run record's), else in order of arrival."""
+        seen = self._history.get((stat, mode), {})
+        if self.run_record is not None:
+            order = {layer: index for index, layer in enumerate(self.run_record.layers)}
+            return sorted(seen, key=lambda layer: order.get(layer, len(order)))
+        return list(seen)
+
     # ----------------------------------------------------------- interface
     def add_scalar(self, name: str, value: float, epoch: int | None = None, **kwargs: Any) -> None:
+        self.finish_drawing()
         step = self._epoch(epoch)
         value = float(value)
         with writing(self, self.logdir):
             self._writer().add_scalar(tensorboard_tag(name, self.run_record), value, global_step=step)
         mode, layer, stat = classify(name, self.run_record)
-        if mode is not None and layer is not None:
-            self._charts.setdefault((stat, mode))
-            if stat == PROFILE_STAT and self.profile_images:
-                self._profiles.setdefault((mode, step), {})[layer] = value
+        if mode is None:
+            return
+        self._epochs.add(step)
+        if layer is None:
+            statistic = by_name(stat)
+            base = statistic.name if statistic is not None else stat[len("average-") :]
+            self._averages.add((base, mode))
+            self._logged_averages.add((base, mode, step))
+        else:
+            self._history.setdefault((stat, mode), {}).setdefault(layer, {})[step] = value
 
     def add_array(self, name: str, value: np.ndarray, epoch: int | None = None) -> None:
+        self.finish_drawing()
         step = self._epoch(epoch)
         mode, layer, stat = classify(name, self.run_record)
         array = np.asarray(value)
         if mode is None or not layer or not array.size or array.ndim != 2:
             logger.debug("TensorBoardWriter does not log %s (array of shape %s)", name, array.shape)
             return
-        with writing(self, self.logdir):
-            if array.shape[0] == array.shape[1]:
-                spectrum = eigenvalues(torch.from_numpy(np.asarray(array, dtype=np.float64))).numpy()
-                self._writer().add_histogram(f"{SPECTRUM_SECTION}/{mode}/{layer}", spectrum, global_step=step)
-            elif array.shape[1] <= 2:
-                figure = embedding_figure(array, f"{stat} ({mode}), {layer}, epoch {step}", fontsize=self.fontsize)
-                image = figure_to_rgb(figure)
-                self._writer().add_image(f"{stat}/{mode}/{layer}", image, global_step=step, dataformats="HWC")
+        if array.shape[0] == array.shape[1]:
+            spectrum = eigenvalues(torch.from_numpy(np.asarray(array, dtype=np.float64))).numpy()
+            with writing(self, self.logdir):
+                tag = layer_tag(stat, mode, layer, SPECTRUM_LABEL)
+                self._writer().add_histogram(tag, spectrum, global_step=step)
+        elif array.shape[1] <= 2:
+            title = f"{self.run_name}: {stat} ({mode}), {layer}, epoch {step}"
+            build = partial(embedding_figure, array.copy(), title, fontsize=self.fontsize)
+            self._images.append((layer_tag(stat, mode, layer), step, build))
+
+    def _log_averages(self) -> None:
+        """The layer average of averaged statistics for epochs where the tracker logged none."""
+        for (stat, mode), layers in self._history.items():
+            statistic = by_name(stat)
+            if statistic is None or not statistic.averaged:
+                continue
+            self._averages.add((stat, mode))
+            for step in sorted(self._epochs):
+                values = [by_epoch[step] for by_epoch in layers.values() if step in by_epoch]
+                if values and (stat, mode, step) not in self._logged_averages:
+                    # The same mean as the tracker's average_sat=True value.
+                    self._writer().add_scalar(overview_tag(stat, "average", mode), float(np.mean(values)), step)
+                    self._logged_averages.add((stat, mode, step))
 
     def _write_layout(self) -> None:
-        if len(self._charts) == self._charts_written:
+        layers = {key: self._layers(*key) for key in self._history}
+        layout = custom_scalars_layout(layers, self._averages)
+        if layout == self._layout_written:
             return
         # TensorBoard shows the last layout written in a run, so it is
-        # rewritten in full whenever a statistic or mode appears.
-        layout_spec: dict[str, dict[str, list]] = {}
-        for stat, mode in self._charts:
-            layout_spec.setdefault(stat, {})[f"{stat} ({mode}), all layers"] = [
-                "Multiline",
-                [f"^{re.escape(stat)}/{re.escape(mode)}/"],
-            ]
-        self._writer().add_custom_scalars(layout_spec)
-        self._charts_written = len(self._charts)
+        # rewritten in full whenever a statistic, mode or layer appears.
+        from tensorboardX.summary import custom_scalars
 
-    def _write_profiles(self) -> None:
-        for (mode, step), values in self._profiles.items():
-            figure = profile_figure(values, PROFILE_STAT, mode, step, fontsize=self.fontsize)
-            image = figure_to_rgb(figure)
-            self._writer().add_image(f"{PROFILE_STAT}-profile/{mode}", image, global_step=step, dataformats="HWC")
-        self._profiles.clear()
+        # tensorboardX builds the summary (tag, plugin metadata) from a dict,
+        # which cannot say that a category starts closed: its layout is
+        # replaced by ours. Steps only grow, so TensorBoard keeps the last one.
+        summary = custom_scalars({})
+        summary.value[0].tensor.string_val[0] = layout.SerializeToString()
+        self._writer()._get_file_writer().add_summary(summary, self._last_epoch)
+        self._layout_written = layout
+
+    def _queue_overview_images(self) -> None:
+        for (stat, mode), by_layer in self._history.items():
+            if by_name(stat) is None:
+                continue
+            layers = self._layers(stat, mode)
+            epochs = sorted({step for by_epoch in by_layer.values() for step in by_epoch})
+            steps = [step for step in sorted(self._epochs) if step in epochs]
+            if not steps:
+                continue
+            if self.heatmap_images:
+                # A snapshot: the next epoch's values do not leak into this image.
+                history = pd.DataFrame(
+                    [[by_layer[layer].get(epoch, np.nan) for epoch in epochs] for layer in layers],
+                    index=layers,
+                    columns=epochs,
+                )
+                build = partial(heatmap_figure, history, stat, mode, self.fontsize, self.run_name, HEATMAP_HEIGHT)
+                self._images.append((overview_tag(stat, "heatmap", mode), steps[-1], build))
+            if stat == PROFILE_STAT and self.profile_images:
+                for step in steps:
+                    values = {layer: by_layer[layer][step] for layer in layers if step in by_layer[layer]}
+                    build = partial(profile_figure, values, stat, mode, step, fontsize=self.fontsize, run=self.run_name)
+                    self._images.append((overview_tag(stat, "profile", mode), step, build))
+
+    def _draw(self, images: list[ImageJob]) -> None:
+        """Render and log ``images`` in order, then flush (on the drawing thread, or in place)."""
+        writer = self._writer()
+        for tag, step, build in images:
+            writer.add_image(tag, figure_to_rgb(build()), global_step=step, dataformats="HWC")
+        writer.flush()
 
     def save(self) -> None:
-        if self._summary_writer is None and not self._charts and not self._profiles:
+        self.finish_drawing()
+        if self._summary_writer is None and not self._history and not self._images:
             return
         with writing(self, self.logdir):
+            self._log_averages()
             self._write_layout()
-            self._write_profiles()
+            self._queue_overview_images()
+            self._epochs.clear()
             self._writer().flush()
+            images, self._images = self._images, []
+            if not images:
+                return
+            if self.background:
+                self._drawing = draw_later(partial(self._draw, images))
+            else:
+                self._draw(images)
+
+    def finish_drawing(self) -> None:
+        """Wait until the images handed to the drawing thread are logged; raise its error if any."""
+        drawing, self._drawing = self._drawing, None
+        if drawing is not None:
+            with writing(self, self.logdir):
+                drawing.result()
 
     def close(self) -> None:
         self.save()
+        self.finish_drawing()
         if self._summary_writer is not None:
             with writing(self, self.logdir):
                 self._summary_writer.close()
@@ -211,6 +308,7 @@ class TensorBoardWriter(AbstractWriter):
 
     def resume_from_saved_state(self, initial_epoch: int) -> None:
         """Steps ``>= initial_epoch`` of the earlier run are hidden (purged) in TensorBoard."""
+        self.finish_drawing()
         self._purge_step = int(initial_epoch)
         self._last_epoch = int(initial_epoch)
 
@@ -224,6 +322,7 @@ class TensorBoardWriter(AbstractWriter):
             if callable(getattr(SummaryWriter, name, None)):
 
                 def forward(*args: Any, epoch: int | None = None, **kwargs: Any) -> Any:
+                    self.finish_drawing()
                     if epoch is not None:
                         kwargs.setdefault("global_step", int(epoch))
                     with writing(self, self.logdir):

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .torch_features import aminmax
+
 __all__ = [
     "SLICE_BYTES",
     "DEVICE_SLICE_BYTES",
@@ -176,7 +178,7 @@ def all_finite(x: torch.Tensor) -> torch.Tensor:
     >>> bool(all_finite(torch.tensor([1.0, float("nan")])))
     False
     """
-    low, high = torch.aminmax(x)
+    low, high = aminmax(x)
     return torch.isfinite(low) & torch.isfinite(high)
 
 

@@ -28,6 +28,9 @@ def np_cov(rows) -> np.ndarray:
     """Population covariance of the rows, two-pass, float64."""
     rows = np.asarray(rows, dtype=np.float64)
     rows = rows.reshape(rows.shape[0], -1)
+    if rows.shape[0] == 1:
+        # numpy before 2.0 reads a single row as one variable, whatever rowvar says.
+        return np.zeros((rows.shape[1], rows.shape[1]))
     return np.atleast_2d(np.cov(rows, rowvar=False, bias=True))
 
 

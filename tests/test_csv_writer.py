@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
+from delve.formats.csv import EXACT_FLOATS
 from delve.writers import AbstractWriter, CSVWriter
 from delve.writers.registry import WRITERS, register_writer
 
 
 def read(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep=";", index_col="epoch")
+    return pd.read_csv(path, sep=";", index_col="epoch", **EXACT_FLOATS)
 
 
 def test_rows_per_epoch_columns_per_value(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +82,16 @@ def _forbid_gathers() -> None:
 
 
 def worker(rank: int, folder: str) -> None:
+    run_rank(rank, folder)
+    # The results are written. Leave without running destructors: PyTorch 2.1
+    # can deadlock freeing the DistributedDataParallel model's gloo group
+    # (its destructor joins a thread that waits for the GIL it holds).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_rank(rank: int, folder: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD)
     try:
         _forbid_gathers()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cpu_half import needs_cpu_half_autocast, needs_cpu_half_matmul
 from torch import nn
 
 from delve import SaturationTracker, TorchCovarianceMatrix
+from delve.torch_features import autocast_enabled
 
 HALF = [torch.float16, torch.bfloat16]
 
@@ -29,7 +31,7 @@ class Capture:
         return torch.cat(self.rows).numpy()
 
 
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float16, marks=needs_cpu_half_autocast), torch.bfloat16])
 def test_autocast_outputs_accumulate_like_float64(dtype, ref) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -54,7 +56,7 @@ def test_autocast_outputs_accumulate_like_float64(dtype, ref) -> None:
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float16, marks=needs_cpu_half_matmul), torch.bfloat16])
 def test_large_half_values_do_not_overflow(dtype, precision, ref) -> None:
     """Values around 1e4 square to 1e8, beyond float16's 65504: products must be upcast first."""
     layer = nn.Linear(5, 5, bias=True).to(dtype)
@@ -95,7 +97,7 @@ def test_autocast_state_is_unchanged_by_the_hook() -> None:
     tracker = SaturationTracker("amp", modules=layer, nosave=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(torch.randn(8, 4))
-        assert torch.is_autocast_enabled("cpu")
+        assert autocast_enabled("cpu")
         assert layer(out.float()).dtype == torch.bfloat16  # autocast still on after the hook ran
     assert tracker._recorders["linear"].modes["train"].covariance.count == 16
     tracker.close()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cpu_half import needs_cpu_half_matmul
 from torch import nn
 
 from delve import SaturationTracker
@@ -120,6 +121,7 @@ def test_modes_are_counted_apart(tmp_path) -> None:
     assert all(math.isfinite(v) for v in values.values())
 
 
+@needs_cpu_half_matmul
 def test_half_precision_overflow_to_inf_is_rejected(tmp_path, ref) -> None:
     # float16 saturates at 65504: a layer whose output overflows produces Inf rows.
     layer = identity(3).half()

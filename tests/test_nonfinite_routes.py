@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cpu_half import needs_cpu_half_autocast, needs_cpu_half_matmul
 from torch import nn
 
 from delve import SaturationTracker, kernels
@@ -52,6 +53,7 @@ def identity(d: int, dtype: torch.dtype = torch.float32) -> nn.Linear:
     return layer.to(dtype)
 
 
+@needs_cpu_half_matmul
 @pytest.mark.parametrize("rows", [40, 96])  # fewer and more rows than features
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("route", ROUTES)
@@ -70,6 +72,7 @@ def test_a_finite_float16_batch_is_kept_on_every_route(monkeypatch, ref, route, 
     tracker.close()
 
 
+@needs_cpu_half_matmul
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_float16_output_of_a_wide_layer_at_batch_1024_is_kept(ref, precision) -> None:
     """The case found in review: nn.Linear(64, 2048).half() at batch 1024 (a sliced, wide batch)."""
@@ -87,6 +90,7 @@ def test_float16_output_of_a_wide_layer_at_batch_1024_is_kept(ref, precision) ->
     tracker.close()
 
 
+@needs_cpu_half_autocast
 def test_autocast_float16_training_loses_no_batch(ref) -> None:
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(32, 2048), nn.ReLU(), nn.Linear(2048, 8))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker, load_results, recompute
+from delve.formats.csv import EXACT_FLOATS
 from delve.results import classify, format_summary, read_csv, summary_table, tidy, wide
 from delve.tools import reconstruct_csv_from_npy_data
 
@@ -71,7 +72,7 @@ def test_load_results_matches_the_csv_read_by_pandas(npy_run):
     savefile, _ = npy_run
     results = load_results(savefile)
     assert list(results.columns) == ["epoch", "mode", "layer", "stat", "value"]
-    raw = pd.read_csv(savefile + ".csv", sep=";", index_col=0)
+    raw = pd.read_csv(savefile + ".csv", sep=";", index_col=0, **EXACT_FLOATS)
     assert len(results) == int(raw.notna().sum().sum())
     for row in results.itertuples():
         if row.layer is not None:
@@ -148,9 +149,9 @@ def test_recompute_errors(tmp_path, npy_run):
 
 def test_reconstruct_csv_from_npy_data(npy_run, tmp_path, ref):
     savefile, rows = npy_run
-    original = pd.read_csv(savefile + ".csv", sep=";", index_col=0)
+    original = pd.read_csv(savefile + ".csv", sep=";", index_col=0, **EXACT_FLOATS)
     rebuilt = reconstruct_csv_from_npy_data(savefile + "/npy", savefile=tmp_path / "rebuilt")
-    written = pd.read_csv(tmp_path / "rebuilt.csv", sep=";", index_col=0)
+    written = pd.read_csv(tmp_path / "rebuilt.csv", sep=";", index_col=0, **EXACT_FLOATS)
     pd.testing.assert_frame_equal(written, original[written.columns], check_names=False)
     assert set(written.columns) == set(original.columns)
     assert list(rebuilt.index) == [0, 1]
@@ -227,7 +228,7 @@ def test_reconstruct_computes_the_0_1_stats_that_were_not_logged(npy_run, ref):
     """0.1.x's stats=: statistics never logged during training come from the saved covariances."""
     savefile, rows = npy_run
     rebuilt = reconstruct_csv_from_npy_data(savefile + "/npy", None, None, ["lsat", "erank", "det"])
-    original = pd.read_csv(savefile + ".csv", sep=";", index_col=0)
+    original = pd.read_csv(savefile + ".csv", sep=";", index_col=0, **EXACT_FLOATS)
     # lsat was logged: kept as stored; erank and det were not: computed at the run's threshold.
     np.testing.assert_allclose(rebuilt["train-saturation_0"], original["train-saturation_0"])
     for epoch in (0, 1):

@@ -10,9 +10,15 @@ import pandas as pd
 from ..io import atomic_write
 from ..layout import csv_path
 
-__all__ = ["SEPARATOR", "write_csv", "read_csv"]
+__all__ = ["EXACT_FLOATS", "SEPARATOR", "read_csv", "write_csv"]
 
 SEPARATOR = ";"
+
+# ``pd.read_csv`` options that read back exactly the floats ``to_csv`` wrote.
+# Before pandas 3 the default parser may be one ulp off (0.30000000000000004
+# reads as 0.3), which a resumed run would then write back; pandas 3 parses
+# exactly by default and deprecates the option.
+EXACT_FLOATS: dict[str, str] = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -53,7 +59,7 @@ def read_csv(savefile: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no delve results at {path} (file not found)")
     try:
-        frame = pd.read_csv(path, sep=SEPARATOR, index_col=0)
+        frame = pd.read_csv(path, sep=SEPARATOR, index_col=0, **EXACT_FLOATS)
     except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
         raise ValueError(f"{path} is not a readable delve CSV: {first_line(error)}") from error
     if len(frame) == 0:

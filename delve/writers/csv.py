@@ -42,8 +42,8 @@ class CSVWriter(AbstractWriter):
     >>> writer = CSVWriter(path)
     >>> writer.add_scalar("train-saturation_fc", 0.25, epoch=0)
     >>> writer.save()
-    >>> pd.read_csv(path + ".csv", sep=";", index_col=0).loc[0, "train-saturation_fc"]
-    np.float64(0.25)
+    >>> float(pd.read_csv(path + ".csv", sep=";", index_col=0).loc[0, "train-saturation_fc"])
+    0.25
     """
 
     def __init__(self, savepath: str, **kwargs: Any) -> None:

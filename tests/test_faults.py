@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -187,13 +186,13 @@ def _start_child(tmp_path: Path, name: str, pause_at: int) -> tuple[subprocess.P
     return child, savefile
 
 
-def _kill_after(child: subprocess.Popen, marker: str, count: int, timeout: float = 90) -> list[str]:
+def _kill_after(child: subprocess.Popen, marker: str, count: int) -> list[str]:
+    # No deadline: a slow machine only makes the child slower, and the child
+    # prints a line every epoch or exits (readline then returns ""), so the
+    # loop ends either way. A deadline here failed loaded machines only.
     lines: list[str] = []
-    deadline = time.monotonic() + timeout
     try:
         while sum(line.startswith(marker) for line in lines) < count:
-            if time.monotonic() > deadline:
-                pytest.fail(f"child did not reach {count} x {marker!r}; output: {lines[-5:]}")
             line = child.stdout.readline()
             if not line:
                 pytest.fail(f"child exited early with {child.poll()}; output: {lines[-5:]}")

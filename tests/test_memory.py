@@ -64,22 +64,29 @@ def test_backward_still_works_and_the_graph_is_the_users_own() -> None:
 
 
 def test_memory_is_constant_over_1000_steps() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    tracker = SaturationTracker("mem", modules=model, nosave=True, stats=["lsat", "embed"], embed_size=50)
-    x = torch.randn(32, 8)
-
-    @torch.no_grad()
-    def steps(count: int) -> None:
-        # Forward passes only: the hooks are what is measured, not the optimizer.
-        for _ in range(count):
-            model(x)
-
-    steps(100)  # warm up: accumulators and reservoir exist and are full now
-    accumulators_before = state_bytes(tracker.state_dict())
+    # Tracing starts before the tracker exists, and the warm-up runs traced: a
+    # block allocated before tracing and replaced during the measured steps
+    # (a reservoir row, a merge buffer) would count as growth, and the first
+    # thousand or so steps also fill caches of torch and Python once (7-27 KiB,
+    # more or less depending on which tests ran before in the process). A leak
+    # grows with the step count; the one-off fill does not, so it is left out.
     gc.collect()
     tracemalloc.start()
     try:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        tracker = SaturationTracker("mem", modules=model, nosave=True, stats=["lsat", "embed"], embed_size=50)
+        x = torch.randn(32, 8)
+
+        @torch.no_grad()
+        def steps(count: int) -> None:
+            # Forward passes only: the hooks are what is measured, not the optimizer.
+            for _ in range(count):
+                model(x)
+
+        steps(1100)  # warm up: accumulators and reservoir are full, one-off caches filled
+        accumulators_before = state_bytes(tracker.state_dict())
+        gc.collect()
         before, _ = tracemalloc.get_traced_memory()
         steps(1000)
         gc.collect()
@@ -89,5 +96,5 @@ def test_memory_is_constant_over_1000_steps() -> None:
     assert state_bytes(tracker.state_dict()) == accumulators_before
     # Python-side allocations: a leak of even a few bytes per step would show as >= 16 KiB.
     assert after - before < 16 * 1024, after - before
-    assert tracker._recorders["0"].modes["train"].covariance.count == 1100 * 32
+    assert tracker._recorders["0"].modes["train"].covariance.count == 2100 * 32
     tracker.close()

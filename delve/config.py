@@ -96,7 +96,9 @@ precision : {"auto", "float64", "float32", "tf32"}
     Precision of each batch's Gram product; the running state is always
     float64. ``"auto"`` (default): float64 on CPUs and on GPUs with a fast
     float64 path (compute capability 8.0, 9.0, 10.0), float32 elsewhere; the
-    choice is said once. ``"float32"`` is faster where float64 is slow, at a
+    choice is said once. With ``max_overhead``, ``"auto"`` means float32
+    everywhere: the sampling error of a subset of rows dwarfs float32's, and
+    cheaper products buy more rows within the budget. ``"float32"`` is faster where float64 is slow, at a
     relative error below 1e-6 (docs/performance.rst); ``"tf32"`` also lets
     CUDA (Ampere and later) use TensorFloat-32 products, with a larger error
     (same page). On a CPU, products of fewer than ``d / 8`` rows are float64
@@ -260,13 +262,28 @@ class TrackerConfig:
             log_interval=self.log_interval,
             max_samples=self.max_samples,
             device=self.device,
-            precision=self.precision,
+            precision=self.product_precision,
             sample_size=self.sample_size,
             extra_accumulators=self.extra_accumulators,
             seed=rank,
             costs=CostModel(self.max_overhead),
             sampler=RowSampler(seed=zlib.crc32(f"rows/{rank}".encode())) if budgeted else None,
         )
+
+    @property
+    def product_precision(self) -> str:
+        """The precision the layers' products are asked for: ``"auto"`` under a budget is float32.
+
+        Examples
+        --------
+        >>> TrackerConfig.from_arguments("run", max_overhead=0.05).product_precision
+        'float32'
+        >>> TrackerConfig.from_arguments("run").product_precision
+        'auto'
+        """
+        if self.max_overhead is not None and self.precision == "auto":
+            return "float32"
+        return self.precision
 
     @property
     def extra_accumulators(self) -> tuple[tuple[str, Callable[[], Any]], ...]:

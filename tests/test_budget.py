@@ -200,7 +200,7 @@ def _rank(rank: int, folder: str) -> None:
             register_statistic(keep)
         torch.manual_seed(0)
         layer = nn.Linear(10, 40).double()
-        tracker = SaturationTracker("d", modules=layer, nosave=True, stats=["cov", "keep"], max_overhead=0.02)
+        tracker = SaturationTracker("d", modules=layer, nosave=True, stats=["cov", "keep"], max_overhead=0.02, precision="float64")
         generator = torch.Generator().manual_seed(10 + rank)
         with torch.no_grad():
             for _ in range(5):
@@ -256,3 +256,13 @@ def test_max_overhead_is_validated() -> None:
     for bad in (0, -0.1, "5%", float("inf"), True):
         with pytest.raises(ValueError, match=r"max_overhead must be a number > 0"):
             SaturationTracker("v", modules=nn.Linear(2, 2), nosave=True, max_overhead=bad)
+
+
+def test_auto_precision_under_a_budget_multiplies_in_float32_and_an_explicit_choice_is_kept() -> None:
+    for precision, expected in (("auto", "float32"), ("float64", "float64")):
+        model = nn.Sequential(nn.Linear(8, 32))
+        tracker = SaturationTracker("p", modules=model, nosave=True, max_overhead=0.05, precision=precision)
+        with torch.no_grad():
+            model(torch.randn(64, 8))
+        assert tracker._recorders["0"].modes["train"].covariance.precision == expected
+        tracker.close()

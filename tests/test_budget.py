@@ -200,7 +200,9 @@ def _rank(rank: int, folder: str) -> None:
             register_statistic(keep)
         torch.manual_seed(0)
         layer = nn.Linear(10, 40).double()
-        tracker = SaturationTracker("d", modules=layer, nosave=True, stats=["cov", "keep"], max_overhead=0.02, precision="float64")
+        tracker = SaturationTracker(
+            "d", modules=layer, nosave=True, stats=["cov", "keep"], max_overhead=0.02, precision="float64"
+        )
         generator = torch.Generator().manual_seed(10 + rank)
         with torch.no_grad():
             for _ in range(5):

@@ -7,7 +7,7 @@ exact tracker and a ``max_overhead`` tracker hook the same model, so both see
 the very same outputs; the table compares their saturation per layer and says
 how many rows per feature the budget kept.
 
-Run: ``python benchmarks/budget_accuracy.py --output benchmarks/BUDGET_ACCURACY.md``.
+Run: ``python benchmarks/budget_accuracy.py --output benchmarks/BUDGET_ACCURACY.md --rst docs/budget_layers.inc``.
 """
 
 from __future__ import annotations
@@ -114,12 +114,32 @@ def render(results: dict[str, list[tuple]], max_overhead: float) -> str:
     return "\n".join(lines)
 
 
+def render_rst(results: dict[str, list[tuple]], max_overhead: float) -> str:
+    """The per-layer tables as reStructuredText, for ``docs/performance.rst`` to include."""
+    lines = [
+        f".. Written by benchmarks/budget_accuracy.py (max_overhead={max_overhead}); do not edit by hand.",
+        "",
+    ]
+    for name, rows in results.items():
+        lines += [
+            f".. csv-table:: {name}: saturation after one epoch, exact and ``max_overhead={max_overhead}``",
+            "   :header: layer, d, exact, budget, difference, rows per feature",
+            "   :widths: 40, 8, 12, 12, 14, 14",
+            "",
+        ]
+        for layer, d, reference, sampled, difference, per_feature in rows:
+            lines.append(f"   {layer}, {d}, {reference:.4f}, {sampled:.4f}, {difference:.4f}, {per_feature:.1f}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--max-overhead", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", default=None)
+    parser.add_argument("--output", default=None, help="the Markdown report")
+    parser.add_argument("--rst", default=None, help="the per-layer tables as reStructuredText (for the docs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
@@ -131,6 +151,8 @@ def main() -> None:
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
+    if args.rst:
+        Path(args.rst).write_text(render_rst(results, args.max_overhead) + "\n")
 
 
 if __name__ == "__main__":

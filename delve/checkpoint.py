@@ -6,7 +6,7 @@ it loads with ``torch.load(path, weights_only=True)``::
     {"format": 1, "epoch": 3, "forward_order": ["conv1", ...],
      "layers": {"conv1": {"train": {"covariance": {...}, "extras": {...}, ...}}},
      "positions_generator": <uint8 tensor>,     # only with max_positions
-     "row_sampler": {"cpu": <uint8 tensor>}}    # only with max_overhead
+     "row_sampler": {"cpu": <uint8 tensor>, "batches": <uint8 tensor>}}  # only with max_overhead
 
 Each accumulator versions its own part (see :data:`delve.covariance.MIGRATIONS`).
 """

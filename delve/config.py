@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from . import ranks
+from .budget import CostModel
 from .compat import split_positional_writer_args
-from .cost import CostModel
 from .observations import ObservationConfig
 from .precision import PRECISIONS
 from .recording import RecordingSettings

@@ -1,4 +1,4 @@
-"""What tracking costs against training, per layer, and the budget that keeps it small.
+"""What tracking costs against training, per layer (the budget spending it is :mod:`delve.budget`).
 
 A layer's Gram update costs about ``n * d * (d + 1) / 2`` multiply-adds for
 ``n`` observation rows of ``d`` features, while its own training costs about
@@ -6,34 +6,25 @@ A layer's Gram update costs about ``n * d * (d + 1) / 2`` multiply-adds for
 weight elements and ``a`` how often they are applied (output positions or
 tokens). So a widening layer (attention's ``qkv``, an MLP's up-projection, a
 depthwise convolution) pays more for tracking than for training.
-:class:`CostModel` estimates both from the shapes seen at each layer's first
-recorded forward pass.
-
-With a budget (``max_overhead=0.05``), each layer keeps a random subset of its
-rows per batch so that the estimated tracking work stays within that share
-of the tracked layers' training work. The budget is spent so that layers get
-similar rows per feature where they can: the sampling error of a ``d``-wide
-covariance grows with ``sqrt(d / rows)``, so every layer is given the same
-``rows / d`` up to the rows it has (water-filling).
+:class:`LayerCost` holds both, estimated from the shapes seen at the layer's
+first recorded forward pass, with what the device makes each elementary
+operation cost (:func:`relative_cost`).
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["LayerCost", "CostModel", "layer_cost", "relative_cost", "rows_per_feature_within", "EXPENSIVE_SHARE"]
+__all__ = ["LayerCost", "CostWeights", "layer_cost", "relative_cost", "UNIT_WEIGHTS"]
 
-#: Above this estimated tracking work relative to training work, the tracker says so once.
-EXPENSIVE_SHARE = 0.25
 #: Training work relative to a forward pass: the backward computes two products of the same size.
 TRAINING_PER_FORWARD = 3
+#: Float32 values in a 64-byte cache line: rows kept denser than one in this many share the lines read.
+ROWS_PER_CACHE_LINE = 16
 
 
 @dataclass(frozen=True)
@@ -57,6 +48,11 @@ class LayerCost:
         What one multiply-add of the Gram product, and one element of a
         pass over the rows (copy, convert, shift), cost in multiply-adds of
         the layer's training (see :func:`relative_cost`).
+    gather_weight : float
+        What picking one element of a sampled row out of the batch costs on
+        top, in the same unit: zero where rows lie contiguous (a linear
+        layer's), large where each row is strided across the batch (a
+        channels-first convolution's ``(N, H*W, C)`` view).
     """
 
     layer: str
@@ -66,6 +62,7 @@ class LayerCost:
     weight_elements: int
     product_weight: float = 1.0
     pass_weight: float = 0.0
+    gather_weight: float = 0.0
 
     @property
     def update_per_row(self) -> int:
@@ -84,9 +81,29 @@ class LayerCost:
         return self.update_per_row * self.product_weight + self.features * self.pass_weight
 
     @property
+    def sampled_work_per_row(self) -> float:
+        """What merging one row costs when it is picked out of the batch by a budget."""
+        return self.work_per_row + self.features * self.gather_weight
+
+    @property
     def work(self) -> float:
         """What merging every row of a batch costs, in multiply-adds of training."""
         return self.rows * self.work_per_row
+
+    def kept_work(self, kept: float) -> float:
+        """What merging ``kept`` rows of a batch costs: picked out of it unless they are all its rows.
+
+        A strided gather reads one cache line per element; once rows are
+        kept that densely, it costs one read of the whole batch and no more.
+        """
+        if kept >= self.rows:
+            return self.work
+        gathered = min(kept, self.rows / ROWS_PER_CACHE_LINE)
+        return kept * self.work_per_row + gathered * self.features * self.gather_weight
+
+    def worth_sampling(self, kept: float) -> bool:
+        """Whether keeping ``kept`` rows costs less than keeping them all (picking rows is not free)."""
+        return kept < self.rows and self.kept_work(kept) < self.work
 
     @property
     def training(self) -> int:
@@ -94,34 +111,49 @@ class LayerCost:
         return TRAINING_PER_FORWARD * self.weight_elements * self.applications
 
 
-#: ``(device type, training dtype is half) -> (product weight per product dtype, pass weight)``.
-#: CPU figures are measured (docs/performance.rst: float64 and float32 upper-block products of the
-#: VGG-style CNN against its training step, and the copy-and-shift pass); GPU figures are the ratios
-#: of datasheet peaks (an H100's float64 and float32 against bf16 tensor cores), not measured.
-_RELATIVE_COSTS: dict[tuple[str, bool], tuple[dict[torch.dtype, float], float]] = {
-    ("cpu", False): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0),
-    ("cpu", True): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0),
-    ("cuda", False): ({torch.float64: 1.0, torch.float32: 1.0}, 4.0),
-    ("cuda", True): ({torch.float64: 15.0, torch.float32: 15.0}, 4.0),
+class CostWeights(NamedTuple):
+    """Tracking's elementary costs in multiply-adds of training (see :func:`relative_cost`)."""
+
+    product: float
+    passes: float
+    gather: float
+
+
+#: ``(device type, training dtype is half) -> (product weight per product dtype, pass, strided gather)``.
+#: CPU figures are measured on 2 cores (docs/performance.rst: float64 and float32 upper-block
+#: products of the VGG-style CNN against its training step, the copy-and-shift pass, and picking
+#: sampled rows out of its (N, H*W, C) views: 5 ns per element inside a step, one cache line each). GPU
+#: figures are the ratios of datasheet peaks (an H100's float64 and float32 against bf16 tensor
+#: cores), not measured; a strided gather there reads a 32-byte sector per 4-byte element.
+_RELATIVE_COSTS: dict[tuple[str, bool], tuple[dict[torch.dtype, float], float, float]] = {
+    ("cpu", False): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0, 300.0),
+    ("cpu", True): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0, 300.0),
+    ("cuda", False): ({torch.float64: 1.0, torch.float32: 1.0}, 4.0, 32.0),
+    ("cuda", True): ({torch.float64: 15.0, torch.float32: 15.0}, 4.0, 32.0),
 }
 
 
-def relative_cost(device_type: str, product_dtype: torch.dtype, training_dtype: torch.dtype) -> tuple[float, float]:
-    """``(product weight, pass weight)``: tracking's multiply-adds and element passes in training multiply-adds.
+#: Every elementary cost counted as one training multiply-add, passes and gathers as free.
+UNIT_WEIGHTS = CostWeights(1.0, 0.0, 0.0)
+
+
+def relative_cost(device_type: str, product_dtype: torch.dtype, training_dtype: torch.dtype) -> CostWeights:
+    """Tracking's product multiply-adds, element passes and strided gathers in training multiply-adds.
 
     A float64 product multiply-add costs more than a training one (float32,
-    or half precision on tensor cores), and a pass over the rows is bound by
-    memory, not arithmetic. Unknown devices count both as one training
-    multiply-add.
+    or half precision on tensor cores); a pass over the rows is bound by
+    memory, not arithmetic; and picking a sampled row out of a strided view
+    reads each element from its own cache line. Unknown devices count each
+    as one training multiply-add.
 
     Examples
     --------
     >>> relative_cost("cpu", torch.float64, torch.float32)
-    (5.0, 24.0)
+    CostWeights(product=5.0, passes=24.0, gather=300.0)
     """
     half = training_dtype in (torch.float16, torch.bfloat16)
-    products, passes = _RELATIVE_COSTS.get((device_type, half), ({}, 1.0))
-    return products.get(product_dtype, 1.0), passes
+    products, passes, gather = _RELATIVE_COSTS.get((device_type, half), ({}, 1.0, 1.0))
+    return CostWeights(products.get(product_dtype, 1.0), passes, gather)
 
 
 def layer_cost(
@@ -130,11 +162,13 @@ def layer_cost(
     output: object,
     rows: int,
     features: int,
-    weights: tuple[float, float] = (1.0, 0.0),
+    weights: CostWeights = UNIT_WEIGHTS,
+    strided: bool = False,
 ) -> LayerCost:
     """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
 
-    ``weights`` is :func:`relative_cost` for the layer's device and dtypes.
+    ``weights`` is :func:`relative_cost` for the layer's device and dtypes;
+    ``strided`` says the observation's rows are not contiguous in memory.
 
     Examples
     --------
@@ -144,8 +178,16 @@ def layer_cost(
     (50, 216, 32400)
     """
     weight_elements = sum(p.numel() for p in module.parameters() if p.ndim >= 2)
+    gather = weights.gather if strided else 0.0
     return LayerCost(
-        layer, int(rows), int(features), _applications(module, output), int(weight_elements), *weights
+        layer,
+        int(rows),
+        int(features),
+        _applications(module, output),
+        int(weight_elements),
+        weights.product,
+        weights.passes,
+        gather,
     )
 
 
@@ -159,163 +201,3 @@ def _applications(module: nn.Module, output: object) -> int:
         return 0
     width = getattr(module, "out_channels", None) or tensor.shape[-1]
     return tensor.numel() // max(int(width), 1)
-
-
-def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
-    """The largest common ``rows / d`` whose update work, capped at each layer's rows, fits ``budget``.
-
-    Layers whose ``rows / d`` is below the level keep all their rows; the others
-    get ``level * d`` rows. ``math.inf`` when every row fits.
-
-    Examples
-    --------
-    >>> small, wide = LayerCost("a", 8, 4, 8, 16), LayerCost("b", 10_000, 64, 10_000, 4096)
-    >>> rows_per_feature_within([small, wide], budget=small.work + 10 * 64 * wide.work_per_row)
-    10.0
-    """
-    by_level = sorted(costs, key=lambda c: c.rows / c.features)
-    full = 0  # work of the layers already capped at all their rows
-    for index, cost in enumerate(by_level):
-        level = cost.rows / cost.features
-        partial = sum(c.features * c.work_per_row for c in by_level[index:])
-        if full + level * partial > budget:
-            return max(budget - full, 0.0) / partial
-        full += cost.work
-    return math.inf
-
-
-class CostModel:
-    """The tracked layers' costs as they are first seen, and the share of rows each may keep.
-
-    Parameters
-    ----------
-    max_overhead : float, optional
-        Budget: estimated tracking work as a share of the tracked layers'
-        training work. ``None`` keeps every row.
-
-    Examples
-    --------
-    >>> model = CostModel(max_overhead=0.05)
-    >>> model.note(LayerCost("up", rows=4096, features=768, applications=4096, weight_elements=192 * 768))
-    >>> 0 < model.rate("up") < 1
-    True
-    """
-
-    def __init__(self, max_overhead: float | None = None) -> None:
-        self.max_overhead = max_overhead
-        self._costs: dict[str, LayerCost] = {}
-        self._rates: dict[str, float] = {}
-        self._level = math.inf  # rows per feature and batch that the budget allows
-        self._lock = threading.Lock()
-
-    def __contains__(self, layer: object) -> bool:
-        return layer in self._costs
-
-    @property
-    def costs(self) -> list[LayerCost]:
-        """The layers seen so far, in the order they were first seen."""
-        with self._lock:
-            return list(self._costs.values())
-
-    def note(self, cost: LayerCost) -> None:
-        """Record a layer's shapes (its first recorded pass only) and re-balance the budget."""
-        with self._lock:
-            if cost.layer in self._costs:
-                return
-            self._costs[cost.layer] = cost
-            if self.max_overhead is not None:
-                self._rates = self._balance(list(self._costs.values()))
-
-    def _balance(self, costs: list[LayerCost]) -> dict[str, float]:
-        budget = self.max_overhead * sum(c.training for c in costs)  # type: ignore[operator]
-        self._level = level = rows_per_feature_within(costs, budget)
-        return {c.layer: min(1.0, level * c.features / c.rows) if c.rows else 1.0 for c in costs}
-
-    def overhead_for(self, layer: str, factor: float) -> float:
-        """The ``max_overhead`` that would give ``layer`` ``factor`` times the rows it keeps now.
-
-        ``math.inf`` when the layer does not have that many rows per batch.
-        """
-        costs = self.costs
-        training = sum(c.training for c in costs)
-        by_name = {c.layer: c for c in costs}
-        if layer not in by_name or not training:
-            return math.inf
-        level = min(self._level, by_name[layer].rows / by_name[layer].features) * factor
-        if level * by_name[layer].features > by_name[layer].rows:
-            return math.inf
-        return sum(min(c.rows, level * c.features) * c.work_per_row for c in costs) / training
-
-    def rate(self, layer: str) -> float:
-        """Share of a batch's rows the layer keeps: 1 without a budget or before it was seen."""
-        return self._rates.get(layer, 1.0)
-
-    def rows_to_keep(self, layer: str, rows: int) -> int:
-        """How many of a batch's ``rows`` the layer keeps (at least one)."""
-        rate = self._rates.get(layer, 1.0)
-        return rows if rate >= 1.0 else max(1, min(rows, math.ceil(rate * rows)))
-
-    def expensive(self, share: float = EXPENSIVE_SHARE) -> tuple[float, list[str]]:
-        """``(tracking / training work of every row, the layers that make up half of it)``.
-
-        Examples
-        --------
-        >>> model = CostModel()
-        >>> model.note(LayerCost("qkv", rows=128, features=576, applications=128, weight_elements=192 * 576))
-        >>> ratio, layers = model.expensive()
-        >>> round(ratio, 2), layers
-        (0.5, ['qkv'])
-        >>> model.note(LayerCost("fc", rows=128, features=64, applications=128, weight_elements=64 * 64,
-        ...                      product_weight=5.0, pass_weight=24.0))
-        >>> model.expensive()[1]
-        ['qkv']
-        """
-        costs = self.costs
-        training = sum(c.training for c in costs)
-        work = sum(c.work for c in costs)
-        if not training:
-            return 0.0, []
-        dominating: list[str] = []
-        covered = 0.0
-        for cost in sorted(costs, key=lambda c: -c.work):
-            if covered >= work * 0.5:
-                break
-            dominating.append(cost.layer)
-            covered += cost.work
-        return work / training, dominating
-
-    def frame(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
-        """One row per layer: the multiply-adds per batch and what they are estimated to cost.
-
-        Columns: ``layer``, ``rows`` (per batch), ``features`` (``d``),
-        ``update`` (multiply-adds of the Gram product of every row),
-        ``training`` (multiply-adds of the layer's forward and backward),
-        ``overhead`` (tracking every row against training, in training
-        multiply-adds: products and passes over the rows weighted by
-        :func:`relative_cost`), ``share`` (of all tracking work),
-        ``kept_rows`` and ``kept_overhead`` (under the budget; every row
-        without one).
-        """
-        costs = {c.layer: c for c in self.costs}
-        order = [name for name in (layers or costs) if name in costs]
-        total = sum(c.work for c in costs.values()) or 1.0
-        records = []
-        for name in order:
-            cost = costs[name]
-            kept = self.rows_to_keep(name, cost.rows)
-            training = cost.training or math.nan
-            records.append(
-                {
-                    "layer": name,
-                    "rows": cost.rows,
-                    "features": cost.features,
-                    "update": cost.update,
-                    "training": cost.training,
-                    "overhead": cost.work / training,
-                    "share": cost.work / total,
-                    "kept_rows": kept,
-                    "kept_overhead": kept * cost.work_per_row / training,
-                }
-            )
-        columns = ["layer", "rows", "features", "update", "training", "overhead", "share", "kept_rows", "kept_overhead"]
-        return pd.DataFrame.from_records(records, columns=columns)

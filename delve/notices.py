@@ -12,8 +12,8 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 
+from .budget import EXPENSIVE_SHARE, CostModel
 from .compute import LoggedValue
-from .cost import EXPENSIVE_SHARE, CostModel
 from .statistics import NONFINITE_BATCHES, ROWS
 
 __all__ = ["Notices", "ROWS_PER_FEATURE"]

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .accumulator import FeatureAccumulator
-from .cost import CostModel, layer_cost, relative_cost
+from .budget import CostModel
+from .cost import layer_cost, relative_cost
 from .covariance import TorchCovarianceMatrix
 from .kernels import to_device
 from .observations import ObservationConfig, ObserverEntry, observe
@@ -120,7 +121,9 @@ class LayerRecorder:
                 rows = rows.reshape(-1, d)[:left]
                 n = left
             state.rows_offered += n
-            rows = self._within_budget(module, output, rows, n, d)
+            rows = self._within_budget(module, output, rows, n, d, first=call == 0)
+            if rows is None:
+                return True  # a batch the budget skips for this layer
             if autocast_enabled(rows.device.type):
                 # Autocast would run the Gram product in half precision.
                 with torch.autocast(rows.device.type, enabled=False):
@@ -129,8 +132,16 @@ class LayerRecorder:
                 self._accumulate(state, rows)
             return True
 
-    def _within_budget(self, module: nn.Module, output: object, rows: torch.Tensor, n: int, d: int) -> torch.Tensor:
-        """The rows the budget lets this layer keep (all of them without one)."""
+    def _within_budget(
+        self, module: nn.Module, output: object, rows: torch.Tensor, n: int, d: int, first: bool
+    ) -> torch.Tensor | None:
+        """The rows the budget lets this layer keep: all without one, ``None`` for a batch it skips.
+
+        A layer drawing from one batch in ``m`` (:meth:`~delve.budget.CostModel.period`)
+        keeps its share from the epoch's ``first`` batch, so no epoch is left
+        empty, and ``m`` times its share from each other batch it draws from:
+        either way a row is kept with probability ``share / n``.
+        """
         settings = self.settings
         costs = settings.costs
         if costs is None:
@@ -139,12 +150,19 @@ class LayerRecorder:
             exact = resolve_precision(settings.precision, rows.device) == "float64"
             product = torch.float64 if exact else torch.float32
             weights = relative_cost(rows.device.type, product, rows.dtype)
-            costs.note(layer_cost(self.name, module, output, n, d, weights))
+            costs.note(layer_cost(self.name, module, output, n, d, weights, strided=not rows.is_contiguous()))
         sampler = settings.sampler
         if sampler is None:
             return rows
         keep = costs.rows_to_keep(self.name, n)
-        return rows if keep >= n else sampler.select(rows, keep)
+        if keep >= n:
+            return rows
+        period = costs.period(self.name)
+        if period > 1 and not first:
+            if not sampler.chance(1.0 / period):
+                return None
+            keep = min(n, keep * period)
+        return sampler.select(rows, keep)
 
     def _accumulate(self, state: ModeState, rows: torch.Tensor) -> None:
         # The covariance judges the batch (NaN or Inf anywhere: left out

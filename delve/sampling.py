@@ -20,6 +20,11 @@ from .validation import check_int
 
 __all__ = ["ReservoirSample", "RowSampler"]
 
+#: Row counts whose runs :class:`RowSampler` keeps made (more distinct shapes start afresh).
+_MAX_STRATA = 256
+#: Key of the batch coin's state in :meth:`RowSampler.state_dict` (the other keys are devices).
+_BATCHES_KEY = "batches"
+
 
 class ReservoirSample:
     """Keep a uniform random subset of at most ``size`` rows.
@@ -216,6 +221,10 @@ class RowSampler:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        # A layer draws the same k of n rows batch after batch: its runs are made once.
+        self._strata: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        # Which batches a layer draws from is decided on the host: a CPU coin never waits for a device.
+        self._batches = torch.Generator().manual_seed(seed + 1)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         generator = self._generators.get(device)
@@ -226,10 +235,27 @@ class RowSampler:
 
     def indices(self, n: int, k: int, device: torch.device) -> torch.Tensor:
         """``k`` distinct indices in ``range(n)``, one per run of about ``n / k`` rows."""
-        edges = torch.div(torch.arange(k + 1, device=device) * n, k, rounding_mode="floor")
-        sizes = (edges[1:] - edges[:-1]).to(torch.float64)
+        strata = self._strata.get((n, k, device))
+        if strata is None:
+            if len(self._strata) >= _MAX_STRATA:  # shapes that keep changing (varying sequence lengths)
+                self._strata.clear()
+            edges = torch.div(torch.arange(k + 1, device=device) * n, k, rounding_mode="floor")
+            strata = self._strata[(n, k, device)] = (edges[:-1], (edges[1:] - edges[:-1]).to(torch.float64))
+        starts, sizes = strata
         draw = torch.rand(k, generator=self._generator(device), device=device, dtype=torch.float64)
-        return edges[:-1] + (draw * sizes).long()
+        # The offset within a run is added as an integer: in float64 a large start could round it up a run.
+        return draw.mul_(sizes).long().add_(starts)
+
+    def chance(self, probability: float) -> bool:
+        """``True`` with ``probability``: whether this batch is one a layer draws rows from.
+
+        Examples
+        --------
+        >>> sampler = RowSampler(seed=0)
+        >>> sampler.chance(1.0), sampler.chance(0.0)
+        (True, False)
+        """
+        return float(torch.rand((), generator=self._batches, dtype=torch.float64)) < probability
 
     def select(self, rows: torch.Tensor, k: int) -> torch.Tensor:
         """``k`` of the ``(..., d)`` rows, as a ``(k, d)`` tensor (the only copy made)."""
@@ -237,11 +263,17 @@ class RowSampler:
         return _gather(rows, self.indices(n, k, rows.device))
 
     def state_dict(self) -> dict[str, Any]:
-        """The generators' states, so a restored run draws the same rows."""
-        return {str(device): generator.get_state() for device, generator in self._generators.items()}
+        """The generators' states, so a restored run draws the same rows from the same batches."""
+        state = {str(device): generator.get_state() for device, generator in self._generators.items()}
+        return {**state, _BATCHES_KEY: self._batches.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (one saved before batches were drawn from restarts their coin)."""
+        state = dict(state)
+        batches = state.pop(_BATCHES_KEY, None)
+        self._batches = torch.Generator().manual_seed(self.seed + 1)
+        if batches is not None:
+            self._batches.set_state(batches)
         self._generators = {}
         for device, generator_state in state.items():
             self._generator(torch.device(device)).set_state(generator_state)
@@ -252,6 +284,9 @@ def _gather(rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     d = rows.shape[-1]
     if index is None:
         return rows.reshape(-1, d)
-    if rows.ndim == 2:
-        return rows[index]
+    if rows.ndim == 2 or rows.is_contiguous():
+        return rows.reshape(-1, d).index_select(0, index)
+    if rows.ndim == 3:  # a convolution's (N, H*W, C) view: two integer ops, not a general unravel
+        per_sample = rows.shape[1]
+        return rows[torch.div(index, per_sample, rounding_mode="floor"), torch.remainder(index, per_sample)]
     return rows[unravel_index(index, tuple(rows.shape[:-1]))]

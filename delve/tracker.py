@@ -140,7 +140,7 @@ class SaturationTracker:
 
         From the shapes of each layer's first recorded forward pass, one row
         per layer seen so far, in forward order; the columns are described at
-        :meth:`delve.cost.CostModel.frame`.
+        :meth:`delve.budget.CostModel.frame`.
 
         Examples
         --------

@@ -23,7 +23,8 @@ from conftest import np_cov, rel_fro
 from torch import nn
 
 from delve import SaturationTracker
-from delve.cost import CostModel, LayerCost, relative_cost, rows_per_feature_within
+from delve.budget import ROWS_PER_DRAW, CostModel, rows_per_feature_within
+from delve.cost import LayerCost, relative_cost
 from delve.sampling import RowSampler
 
 
@@ -42,7 +43,7 @@ def test_cost_table_counts_the_work_by_hand() -> None:
     assert linear["update"] == 5 * (64 * 65 // 2)
     assert linear["training"] == 3 * 64 * 288 * 5
     # On a CPU, float64 products: a product multiply-add costs 5 training ones, a pass over an element 24.
-    product, passes = relative_cost("cpu", torch.float64, torch.float32)
+    product, passes, _ = relative_cost("cpu", torch.float64, torch.float32)
     expected = 5 * (64 * 65 // 2 * product + 64 * passes) / linear["training"]
     assert linear["overhead"] == pytest.approx(expected)
     assert table["share"].sum() == pytest.approx(1.0)
@@ -95,25 +96,103 @@ def test_the_sampler_keeps_distinct_rows_spread_over_the_batch() -> None:
     assert counts.min() >= 3000 / 11 * 0.8 and counts.max() <= 3000 / 10 * 1.2
 
 
-def _budget_run(seed: int, batches: list[torch.Tensor], **options) -> dict:
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x.flatten(2).transpose(1, 2),  # a convolution's (N, H*W, C) view: strided rows
+        lambda x: x.permute(0, 2, 3, 1),  # (N, H, W, C): strided, four dimensions
+        lambda x: x.flatten(2).transpose(1, 2).contiguous(),  # rows that lie contiguous
+        lambda x: x.flatten(1, 2),  # (N*C, H, W) read as rows of W: a plain 2-d reshape
+    ],
+)
+def test_the_sampler_picks_the_rows_at_its_indices_whatever_the_layout(make) -> None:
+    batch = make(torch.randn(3, 5, 4, 6, generator=torch.Generator().manual_seed(0)))
+    d = batch.shape[-1]
+    for k in (1, 7, batch.numel() // d - 1):
+        index = RowSampler(seed=k).indices(batch.numel() // d, k, batch.device)
+        kept = RowSampler(seed=k).select(batch, k)
+        reference = batch.numpy().reshape(-1, d)[index.numpy()]  # numpy copies the view into row order
+        np.testing.assert_array_equal(kept.numpy(), reference)
+
+
+def test_rows_picked_out_of_a_strided_view_are_charged_and_kept_whole_when_that_is_cheaper() -> None:
+    conv = nn.Conv2d(16, 64, 1)
+    with SaturationTracker("g", modules=conv, nosave=True, max_overhead=0.05) as tracker:
+        with torch.no_grad():
+            conv(torch.randn(8, 16, 16, 16))
+        costs = tracker._settings.costs.costs
+    (cost,) = costs
+    # The (N, H*W, C) rows are strided: each kept row pays its gather on top of product and passes.
+    assert cost.gather_weight == relative_cost("cpu", torch.float32, torch.float32).gather > 0
+    assert cost.sampled_work_per_row == cost.work_per_row + 64 * cost.gather_weight
+    linear = LayerCost("fc", rows=1000, features=64, applications=1000, weight_elements=64 * 64)
+    assert linear.sampled_work_per_row == linear.work_per_row  # contiguous rows: nothing extra
+    # A budget that would keep nearly every row keeps them all: picking them would cost more.
+    strided = LayerCost("c", 1000, 64, 1000, 64 * 64, product_weight=1.0, pass_weight=1.0, gather_weight=20.0)
+    big = LayerCost("big", 100_000, 64, 100_000, 64 * 64, product_weight=1.0, pass_weight=1.0, gather_weight=20.0)
+    budget = 990 * (strided.sampled_work_per_row + big.sampled_work_per_row)  # 990 rows each, picked
+    model = CostModel(max_overhead=budget / (strided.training + big.training))
+    model.note(strided)
+    model.note(big)
+    assert 990 <= model.rows_to_keep("big", 100_000) <= 991  # rounded up to a whole row
+    assert not strided.worth_sampling(990) and strided.worth_sampling(100)
+    assert model.rows_to_keep("c", 1000) == 1000  # all 1000 rows cost less than 990 picked ones
+    model = CostModel(max_overhead=strided.work * 0.3 / strided.training)
+    model.note(strided)
+    kept = model.rows_to_keep("c", 1000)
+    assert kept < 1000 and strided.kept_work(kept) <= strided.work * 0.3 + strided.sampled_work_per_row
+    # Kept densely, a strided gather reads each cache line once: no more than one read of the batch.
+    assert strided.kept_work(10) == 10 * strided.sampled_work_per_row
+    assert strided.kept_work(500) == 500 * strided.work_per_row + 1000 / 16 * 64 * 20.0
+
+
+def test_a_layer_with_a_small_share_draws_more_rows_from_fewer_batches_first_batch_always() -> None:
+    layer = nn.Linear(4, 32)
+    tracker = SaturationTracker("p", modules=layer, nosave=True, stats=["lsat"], max_overhead=0.002)
+    generator = torch.Generator().manual_seed(5)
+    batches, epochs = 60, 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # few rows per feature: warned about, expected
+        for _ in range(epochs):
+            with torch.no_grad():
+                for _ in range(batches):
+                    layer(torch.randn(2048, 4, generator=generator))
+            costs = tracker._settings.costs
+            share, period = costs.rows_to_keep("linear", 2048), costs.period("linear")
+            rows = tracker.add_saturations()["train-rows_linear"]
+            assert share < ROWS_PER_DRAW / 2 and period == math.ceil(ROWS_PER_DRAW / share)
+            drawn, left = divmod(rows - share, share * period)  # the first batch: its share; others: m shares
+            assert left == 0
+            # Each later batch is drawn from with probability 1 / m: a binomial count, within 5 sigma.
+            mean, sigma = (batches - 1) / period, math.sqrt((batches - 1) / period * (1 - 1 / period))
+            assert abs(drawn - mean) <= 5 * sigma
+    tracker.close()
+
+
+def _budget_run(seed: int, batches: list[torch.Tensor], max_overhead: float) -> tuple[dict, int]:
+    """Saturation values of one budgeted epoch, and the layer's period (batches per draw)."""
     layer = nn.Linear(12, 48).double()
     torch.manual_seed(0)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))
         layer.bias.zero_()
-    tracker = SaturationTracker("b", modules=layer, nosave=True, stats=["cov"], max_overhead=0.02, **options)
+    tracker = SaturationTracker("b", modules=layer, nosave=True, stats=["cov"], max_overhead=max_overhead)
     tracker._settings.sampler.seed = seed
+    tracker._settings.sampler.load_state_dict({})  # reseeded: rows and batches drawn from seed
     with torch.no_grad():
         for batch in batches:
             layer(batch)
+    period = tracker._settings.costs.period("linear")
     values = tracker.add_saturations()
     tracker.close()
-    return values
+    return values, period
 
 
-def test_the_sampled_covariance_averages_to_the_exact_one() -> None:
+# 0.5 keeps a share of every batch; 0.05 a tenth of that, m times as many rows from one batch in m.
+@pytest.mark.parametrize(("max_overhead", "drawn_from"), [(0.5, "every batch"), (0.05, "some batches")])
+def test_the_sampled_covariance_averages_to_the_exact_one(max_overhead: float, drawn_from: str) -> None:
     generator = torch.Generator().manual_seed(1)
-    batches = [torch.randn(400, 12, generator=generator, dtype=torch.float64) * 3 + 1 for _ in range(6)]
+    batches = [torch.randn(2000, 12, generator=generator, dtype=torch.float64) * 3 + 1 for _ in range(12)]
     layer = nn.Linear(12, 48).double()
     torch.manual_seed(0)
     with torch.no_grad():
@@ -122,21 +201,22 @@ def test_the_sampled_covariance_averages_to_the_exact_one() -> None:
         exact = np_cov(torch.cat([layer(b) for b in batches]).numpy())
     estimates = []
     for seed in range(200):
-        values = _budget_run(seed, batches)
+        values, period = _budget_run(seed, batches, max_overhead)
+        assert (period == 1) == (drawn_from == "every batch")
         rows = values["train-rows_linear"]
-        assert 0 < rows < 2400  # a subset was kept
-        estimates.append(values["train-covariance-matrix_linear"])
+        assert 0 < rows < 24_000  # a subset was kept
+        # The population covariance of m rows is low by (m - 1) / m on average: undone per estimate.
+        estimates.append(values["train-covariance-matrix_linear"] * rows / (rows - 1))
     single = np.mean([rel_fro(e, exact) for e in estimates])
     average = rel_fro(np.mean(estimates, axis=0), exact)
-    # One estimate is off by sampling noise; the average of 200 by 1/sqrt(200) of it, and by the
-    # population-covariance factor (m - 1)/m of a sample of m rows, a bias of 1/m (m ~ 180 here).
-    assert single > 0.05
-    assert average < single / math.sqrt(200) * 3 + 1.5 / rows
+    # One estimate is off by sampling noise; the average of 200 by about 1/sqrt(200) of it.
+    assert single > 0.02
+    assert average < single / math.sqrt(200) * 3
 
 
 def test_restoring_mid_epoch_under_a_budget_continues_exactly() -> None:
     generator = torch.Generator().manual_seed(2)
-    batches = [torch.randn(300, 12, generator=generator, dtype=torch.float64) for _ in range(8)]
+    batches = [torch.randn(300, 12, generator=generator, dtype=torch.float64) for _ in range(24)]
 
     def tracker_and_layer():
         layer = nn.Linear(12, 48).double()
@@ -144,18 +224,23 @@ def test_restoring_mid_epoch_under_a_budget_continues_exactly() -> None:
         with torch.no_grad():
             layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))
             layer.bias.zero_()
-        return layer, SaturationTracker("r", modules=layer, nosave=True, stats=["cov", "lsat"], max_overhead=0.02)
+        return layer, SaturationTracker("r", modules=layer, nosave=True, stats=["cov", "lsat"], max_overhead=0.4)
 
     first_layer, first = tracker_and_layer()
     second_layer, second = tracker_and_layer()
     with torch.no_grad():
-        for batch in batches[:4]:
+        for batch in batches[:12]:
             first_layer(batch)
-        second.load_state_dict(first.state_dict())
-        for batch in batches[4:]:
+        state = first.state_dict()  # saving merges the rows held back
+        rows_before = first._recorders["linear"].modes["train"].covariance.count
+        second.load_state_dict(state)
+        for batch in batches[12:]:
             first_layer(batch)
             second_layer(batch)
+    # The layer draws from some batches (period > 1), on both sides of the checkpoint.
+    assert first._settings.costs.period("linear") > 1
     expected, actual = first.add_saturations(), second.add_saturations()
+    assert 0 < rows_before < expected["train-rows_linear"]
     assert list(actual) == list(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(actual[name], value, err_msg=name)

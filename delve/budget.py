@@ -11,8 +11,9 @@ Each draw costs a fixed few operations whatever its size (choosing rows,
 gathering them, checking them), about as much as a few hundred rows of
 product. A layer whose share is smaller than :data:`ROWS_PER_DRAW` rows per
 batch therefore draws from one batch in ``m`` (chosen at random, the first
-batch of an epoch always) and keeps ``m`` times the rows when it does: every
-row is still kept with the same probability.
+batch of an epoch always; ``m`` at most :data:`MAX_BATCHES_PER_DRAW`) and
+keeps ``m`` times the rows when it does: every row is still kept with the
+same probability.
 """
 
 from __future__ import annotations
@@ -25,12 +26,23 @@ import pandas as pd
 
 from .cost import LayerCost
 
-__all__ = ["CostModel", "rows_per_feature_within", "EXPENSIVE_SHARE", "ROWS_PER_DRAW"]
+__all__ = [
+    "CostModel",
+    "rows_per_feature_within",
+    "EXPENSIVE_SHARE",
+    "ROWS_PER_DRAW",
+    "MAX_BATCHES_PER_DRAW",
+    "WHOLE_SHARE",
+]
 
 #: Above this estimated tracking work relative to training work, the tracker says so once.
 EXPENSIVE_SHARE = 0.25
 #: Fewest rows a layer draws at once under a budget (fewer per batch: it draws from fewer batches).
 ROWS_PER_DRAW = 256
+#: Most batches per draw: more would leave short epochs with no draw but their first (too few rows).
+MAX_BATCHES_PER_DRAW = 8
+#: The cheapest layers keep every row while, together, that costs at most this share of the budget.
+WHOLE_SHARE = 0.02
 
 
 def _period(rate: float, rows: int) -> int:
@@ -38,7 +50,19 @@ def _period(rate: float, rows: int) -> int:
     if rate >= 1.0 or rows <= 0:
         return 1
     kept = max(1, math.ceil(rate * rows))
-    return max(1, min(math.ceil(ROWS_PER_DRAW / kept), rows // kept))
+    return max(1, min(math.ceil(ROWS_PER_DRAW / kept), rows // kept, MAX_BATCHES_PER_DRAW))
+
+
+def _kept_whole(costs: Sequence[LayerCost], allowance: float) -> set[str]:
+    """The cheapest layers whose every row, together, costs at most ``allowance``."""
+    whole: set[str] = set()
+    spent = 0.0
+    for cost in sorted(costs, key=lambda c: c.work):
+        if spent + cost.work > allowance:
+            break
+        whole.add(cost.layer)
+        spent += cost.work
+    return whole
 
 
 def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
@@ -87,6 +111,7 @@ class CostModel:
         self._costs: dict[str, LayerCost] = {}
         self._rates: dict[str, float] = {}
         self._periods: dict[str, int] = {}
+        self._whole: set[str] = set()  # cheap enough to keep every row
         self._level = math.inf  # rows per feature and batch that the budget allows
         self._lock = threading.Lock()
 
@@ -110,9 +135,19 @@ class CostModel:
                 self._periods = {c.layer: _period(self._rates[c.layer], c.rows) for c in self._costs.values()}
 
     def _balance(self, costs: list[LayerCost]) -> dict[str, float]:
+        # Rows per feature are the rule, but a layer that costs next to nothing (a classifier head,
+        # a squeeze-excitation reduction) keeps every row: the rest loses at most WHOLE_SHARE.
         budget = self.max_overhead * sum(c.training for c in costs)  # type: ignore[operator]
-        self._level = level = rows_per_feature_within(costs, budget)
-        return {c.layer: level * c.features / c.rows if c.worth_sampling(level * c.features) else 1.0 for c in costs}
+        self._whole = whole = _kept_whole(costs, budget * WHOLE_SHARE)
+        rest = [c for c in costs if c.layer not in whole]
+        spent = sum(c.work for c in costs if c.layer in whole)
+        self._level = level = rows_per_feature_within(rest, budget - spent)
+        return {
+            c.layer: level * c.features / c.rows
+            if c.layer not in whole and c.worth_sampling(level * c.features)
+            else 1.0
+            for c in costs
+        }
 
     def overhead_for(self, layer: str, factor: float) -> float:
         """The ``max_overhead`` that would give ``layer`` ``factor`` times the rows it keeps now.
@@ -122,12 +157,13 @@ class CostModel:
         costs = self.costs
         training = sum(c.training for c in costs)
         by_name = {c.layer: c for c in costs}
-        if layer not in by_name or not training:
+        if layer not in by_name or layer in self._whole or not training:
             return math.inf
         level = min(self._level, by_name[layer].rows / by_name[layer].features) * factor
         if level * by_name[layer].features > by_name[layer].rows:
             return math.inf
-        return sum(c.kept_work(min(c.rows, level * c.features)) for c in costs) / training
+        kept = {c.layer: c.rows if c.layer in self._whole else min(c.rows, level * c.features) for c in costs}
+        return sum(c.kept_work(kept[c.layer]) for c in costs) / training
 
     def rate(self, layer: str) -> float:
         """Share of a batch's rows the layer keeps: 1 without a budget or before it was seen."""
@@ -141,7 +177,7 @@ class CostModel:
         >>> model = CostModel(max_overhead=0.001)
         >>> model.note(LayerCost("fc", rows=4096, features=64, applications=4096, weight_elements=64 * 64))
         >>> model.rows_to_keep("fc", 4096), model.period("fc")
-        (25, 11)
+        (25, 8)
         """
         return self._periods.get(layer, 1)
 

@@ -203,7 +203,9 @@ class RowSampler:
     to the runs' rounding), no row twice, and the kept rows spread over the
     batch (over samples and positions alike). The draw needs ``O(k)`` random
     numbers, made on the rows' device by a generator seeded independently of
-    the data and of the user's random streams; no value is read back.
+    the data and of the user's random streams; no value is read back. Which
+    batches a layer with a small share draws from (:mod:`delve.budget`) is a
+    coin tossed by a CPU generator of its own, so it needs no device either.
 
     Parameters
     ----------

@@ -23,7 +23,7 @@ from conftest import np_cov, rel_fro
 from torch import nn
 
 from delve import SaturationTracker
-from delve.budget import ROWS_PER_DRAW, CostModel, rows_per_feature_within
+from delve.budget import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
 from delve.cost import LayerCost, relative_cost
 from delve.sampling import RowSampler
 
@@ -83,6 +83,24 @@ def test_water_filling_gives_equal_rows_per_feature_up_to_the_rows_a_layer_has()
     spent = sum(kept[c.layer] * c.work_per_row for c in costs)
     one_row_each = sum(c.work_per_row for c in costs)
     assert spent <= 0.05 * sum(c.training for c in costs) + one_row_each
+
+
+def test_layers_that_cost_next_to_nothing_keep_every_row() -> None:
+    wide = LayerCost("qkv", rows=4096, features=576, applications=4096, weight_elements=192 * 576)
+    head = LayerCost("head", rows=64, features=10, applications=64, weight_elements=10 * 192)
+    mid = LayerCost("mid", rows=4096, features=96, applications=4096, weight_elements=96 * 96)
+    model = CostModel(max_overhead=0.05)
+    for cost in (wide, head, mid):
+        model.note(cost)
+    budget = 0.05 * (wide.training + head.training + mid.training)
+    assert head.work <= WHOLE_SHARE * budget < head.work + mid.work  # only the head is that cheap
+    assert model.rows_to_keep("head", 64) == 64
+    assert model.rows_to_keep("qkv", 4096) < 4096 and model.rows_to_keep("mid", 4096) < 4096
+    # The others share what is left: the common level of rows per feature, as without the head.
+    level = rows_per_feature_within([wide, mid], budget - head.work)
+    for cost in (wide, mid):
+        assert level * cost.features <= model.rows_to_keep(cost.layer, 4096) < level * cost.features + 1
+    assert model.overhead_for("head", 2.0) == math.inf  # it has no more rows to give
 
 
 def test_the_sampler_keeps_distinct_rows_spread_over_the_batch() -> None:
@@ -160,13 +178,29 @@ def test_a_layer_with_a_small_share_draws_more_rows_from_fewer_batches_first_bat
             costs = tracker._settings.costs
             share, period = costs.rows_to_keep("linear", 2048), costs.period("linear")
             rows = tracker.add_saturations()["train-rows_linear"]
-            assert share < ROWS_PER_DRAW / 2 and period == math.ceil(ROWS_PER_DRAW / share)
+            assert share < ROWS_PER_DRAW / 2 and period == min(math.ceil(ROWS_PER_DRAW / share), MAX_BATCHES_PER_DRAW)
             drawn, left = divmod(rows - share, share * period)  # the first batch: its share; others: m shares
             assert left == 0
             # Each later batch is drawn from with probability 1 / m: a binomial count, within 5 sigma.
             mean, sigma = (batches - 1) / period, math.sqrt((batches - 1) / period * (1 - 1 / period))
             assert abs(drawn - mean) <= 5 * sigma
     tracker.close()
+
+
+def test_the_batch_coin_is_saved_and_a_state_saved_without_it_still_loads() -> None:
+    sampler = RowSampler(seed=4)
+    sampler.indices(50, 5, torch.device("cpu"))
+    tossed = [sampler.chance(0.5) for _ in range(7)]
+    state = sampler.state_dict()
+    restored = RowSampler(seed=9)
+    restored.load_state_dict(state)
+    assert [restored.chance(0.5) for _ in range(40)] == [sampler.chance(0.5) for _ in range(40)]
+    assert True in tossed and False in tossed
+    assert torch.equal(restored.indices(50, 5, torch.device("cpu")), sampler.indices(50, 5, torch.device("cpu")))
+    older = RowSampler(seed=4)  # a checkpoint from before batches were drawn from: its devices only
+    older.load_state_dict({"cpu": state["cpu"]})
+    fresh = RowSampler(seed=4)
+    assert [older.chance(0.5) for _ in range(40)] == [fresh.chance(0.5) for _ in range(40)]  # the coin restarts
 
 
 def _budget_run(seed: int, batches: list[torch.Tensor], max_overhead: float) -> tuple[dict, int]:

@@ -86,6 +86,15 @@ def compare(name: str, max_overhead: float) -> tuple[list[tuple], float]:
     return rows, seconds
 
 
+COLUMNS = ("layer", "d", "exact", "budget", "difference", "rows per feature")
+
+
+def cells(row: tuple) -> list[str]:
+    """One layer's row of the tables, formatted (both renderings share it)."""
+    layer, d, reference, sampled, difference, per_feature = row
+    return [layer, str(d), f"{reference:.4f}", f"{sampled:.4f}", f"{difference:.4f}", f"{per_feature:.1f}"]
+
+
 def render(results: dict[str, list[tuple]], max_overhead: float) -> str:
     lines = [
         f"# Saturation under `max_overhead={max_overhead}` against exact mode, one epoch of digits",
@@ -105,11 +114,10 @@ def render(results: dict[str, list[tuple]], max_overhead: float) -> str:
             f"{len(enough)} of {len(rows)} layers got >= {ROWS_PER_FEATURE} rows per feature; largest difference "
             f"among them {worst:.4f} ({verdict}); {len(sparse)} layers got fewer.",
             "",
-            "| layer | d | exact | budget | difference | rows per feature |",
-            "|---|---|---|---|---|---|",
+            "| " + " | ".join(COLUMNS) + " |",
+            "|" + "---|" * len(COLUMNS),
         ]
-        for layer, d, reference, sampled, difference, per_feature in rows:
-            lines.append(f"| {layer} | {d} | {reference:.4f} | {sampled:.4f} | {difference:.4f} | {per_feature:.1f} |")
+        lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -123,12 +131,11 @@ def render_rst(results: dict[str, list[tuple]], max_overhead: float) -> str:
     for name, rows in results.items():
         lines += [
             f".. csv-table:: {name}: saturation after one epoch, exact and ``max_overhead={max_overhead}``",
-            "   :header: layer, d, exact, budget, difference, rows per feature",
+            "   :header: " + ", ".join(COLUMNS),
             "   :widths: 40, 8, 12, 12, 14, 14",
             "",
         ]
-        for layer, d, reference, sampled, difference, per_feature in rows:
-            lines.append(f"   {layer}, {d}, {reference:.4f}, {sampled:.4f}, {difference:.4f}, {per_feature:.1f}")
+        lines += ["   " + ", ".join(cells(row)) for row in rows]
         lines.append("")
     return "\n".join(lines)
 

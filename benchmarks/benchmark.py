@@ -65,7 +65,7 @@ from sections import run_add_saturations, run_max_positions, run_memory, run_sca
 from workloads import MODEL_NAMES, workloads  # noqa: E402
 from writer_times import run_writers  # noqa: E402
 
-from delve.io import atomic_write  # noqa: E402
+from delve.common.files import atomic_write  # noqa: E402
 
 OTHER_SECTIONS = ("add_saturations", "writers", "memory", "max_positions", "scaling")
 SECTIONS = (*MODEL_NAMES, *OTHER_SECTIONS)

@@ -28,7 +28,7 @@ from workloads import GPT_VOCAB, token_loss, workloads
 
 from delve import SaturationTracker
 from delve.demo import load_digits_tensors
-from delve.notices import ROWS_PER_FEATURE
+from delve.tracking.notices import ROWS_PER_FEATURE
 
 MODELS = ("cnn", "resnet18", "vit", "gpt", "effnet")
 INPUT_SIDE = {"cnn": 32, "resnet18": 32, "vit": 32, "effnet": 64}

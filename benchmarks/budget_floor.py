@@ -5,7 +5,7 @@ and ``max_overhead=1e-6`` (one row per layer and batch: what remains is the
 hooks, the observation, the draw of rows and the bookkeeping, not the
 products). The last is the floor under any budget on that model. Optionally
 ``--shifted`` also compares exact mode with the float64 shifted route on and
-off (``delve.kernels.SHIFTED_FLOAT64``), in the same rounds.
+off (``delve.engine.products.SHIFTED_FLOAT64``), in the same rounds.
 
 Run: ``python benchmarks/budget_floor.py --models cnn,vit,gpt``.
 This script is not part of the test suite.
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import STATS, alternate, make_step, ratio_stats
 from workloads import workloads
 
-from delve import SaturationTracker, kernels
+from delve import SaturationTracker
+from delve.engine import products as kernels
 
 VARIANTS: dict[str, dict] = {"budget 0.05": {"max_overhead": 0.05}, "fixed costs": {"max_overhead": 1e-6}}
 

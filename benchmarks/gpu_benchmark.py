@@ -46,7 +46,7 @@ from models import ResNet18
 from report import Section, machine_description
 from workloads import SECTION1_MODELS, Workload, image_batches, workloads
 
-from delve.io import atomic_write
+from delve.common.files import atomic_write
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 

@@ -28,7 +28,7 @@ from torch import nn
 from workloads import Workload
 
 from delve import SaturationTracker
-from delve.kernels import feature_blocks as _feature_blocks
+from delve.engine.products import feature_blocks as _feature_blocks
 
 __all__ = [
     "STATS", "NOT_SUPPORTED", "Clock", "ModeSpec", "MODE_SPECS", "CPU_MODES", "BASE_MODES", "LayerShape",

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from delve import TorchCovarianceMatrix
-from delve.kernels import centre
+from delve.engine.products import centre
 
 OFFSETS = (0.0, 1e2, 1e4, 1e6)
 

@@ -15,7 +15,7 @@ from torch import nn
 from workloads import workloads
 
 from delve import SaturationTracker, TorchCovarianceMatrix
-from delve.observations import observe
+from delve.capture.observation import observe
 
 __all__ = ["run_add_saturations", "run_memory", "transient_peaks", "run_max_positions", "run_scaling"]
 

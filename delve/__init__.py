@@ -15,10 +15,10 @@ True
 
 import logging
 
-from .activity import MeanAbsoluteActivity, dormant_fraction
-from .compat import change_all_pca_layer_thresholds, change_all_pca_layer_thresholds_and_inject_random_directions
-from .covariance import EmptyCovarianceError, TorchCovarianceMatrix
-from .metrics import (
+from .engine.activity import MeanAbsoluteActivity, dormant_fraction
+from ._compat.spellings import change_all_pca_layer_thresholds, change_all_pca_layer_thresholds_and_inject_random_directions
+from .engine.covariance import EmptyCovarianceError, TorchCovarianceMatrix
+from .statistics.metrics import (
     covariance_trace,
     diagonal_trace,
     effective_rank,
@@ -32,11 +32,11 @@ from .metrics import (
     spectral_decay_exponent,
     spectrum,
 )
-from .observations import ObservationConfig, register_observer
-from .pca_layers import Conv2DPCALayer, LinearPCALayer
-from .results import load_results, recompute
-from .statistics import Statistic, register_statistic
-from .tracker import CheckLayerSat, SaturationTracker
+from .capture.observation import ObservationConfig, register_observer
+from .pca.layers import Conv2DPCALayer, LinearPCALayer
+from .output.results import load_results, recompute
+from .statistics.registry import Statistic, register_statistic
+from .tracking.tracker import CheckLayerSat, SaturationTracker
 from .writers.registry import register_writer
 
 __version__ = "0.2.0"

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .formats.csv import write_csv
-from .layout import csv_path, plot_dir
-from .plotting import plot_results
-from .report import format_summary
-from .results import load_results, recompute, wide
+from .output.formats.csv import write_csv
+from .output.layout import csv_path, plot_dir
+from .output.plotting import plot_results
+from .output.summary import format_summary
+from .output.results import load_results, recompute, wide
 
 __all__ = ["main", "build_parser"]
 

@@ -1,5 +1,5 @@
-"""delve 0.1.x import path of the covariance accumulator; see :mod:`delve.covariance`."""
+"""delve 0.1.x import path of the covariance accumulator; see :mod:`delve.engine.covariance`."""
 
-from .covariance import TorchCovarianceMatrix
+from .engine.covariance import TorchCovarianceMatrix
 
 __all__ = ["TorchCovarianceMatrix"]

@@ -1,5 +1,5 @@
-"""delve 0.1.x import path of the tracker; the logic lives in :mod:`delve.tracker`."""
+"""delve 0.1.x import path of the tracker; the logic lives in :mod:`delve.tracking.tracker`."""
 
-from .tracker import CheckLayerSat, SaturationTracker
+from .tracking.tracker import CheckLayerSat, SaturationTracker
 
 __all__ = ["SaturationTracker", "CheckLayerSat"]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker, register_writer
-from delve.io import atomic_write
+from delve.common.files import atomic_write
 from delve.writers import AbstractWriter
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.io import atomic_path
+from delve.common.files import atomic_path
 
 
 def make_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

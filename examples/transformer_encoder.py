@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.torch_features import hooks_leave_transformer_fast_path
+from delve.common.torch_features import hooks_leave_transformer_fast_path
 
 VOCAB, LENGTH, D_MODEL = 12, 16, 32
 

@@ -23,9 +23,9 @@ from conftest import np_cov, rel_fro
 from torch import nn
 
 from delve import SaturationTracker
-from delve.budget import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
-from delve.cost import LayerCost, relative_cost
-from delve.sampling import RowSampler
+from delve.budget.allocation import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
+from delve.budget.cost import LayerCost, relative_cost
+from delve.engine.sample import RowSampler
 
 
 def test_cost_table_counts_the_work_by_hand() -> None:
@@ -310,7 +310,7 @@ class KeepRows:
 
 
 def _rank(rank: int, folder: str) -> None:
-    from delve.statistics import STATISTICS, Statistic, register_statistic
+    from delve.statistics.registry import STATISTICS, Statistic, register_statistic
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     try:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.activity import MeanAbsoluteActivity
-from delve.statistics import STATISTICS, Statistic, register_statistic
+from delve.engine.activity import MeanAbsoluteActivity
+from delve.statistics.registry import STATISTICS, Statistic, register_statistic
 
 THREADS = 8
 BATCHES_PER_THREAD = 12

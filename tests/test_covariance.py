@@ -11,7 +11,8 @@ from conftest import np_cov, rel_fro
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delve import EmptyCovarianceError, TorchCovarianceMatrix, kernels
+from delve import EmptyCovarianceError, TorchCovarianceMatrix
+from delve.engine import products as kernels
 from delve.torch_utils import TorchCovarianceMatrix as LegacyTorchCovarianceMatrix
 
 

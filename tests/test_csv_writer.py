@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.formats.csv import EXACT_FLOATS
+from delve.output.formats.csv import EXACT_FLOATS
 from delve.writers import AbstractWriter, CSVWriter
 from delve.writers.registry import WRITERS, register_writer
 

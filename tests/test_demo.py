@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("sklearn")
 
 from delve import demo
-from delve.tracker import SaturationTracker
+from delve.tracking.tracker import SaturationTracker
 
 LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
 

@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from delve import SaturationTracker, TorchCovarianceMatrix
-from delve.activity import MeanAbsoluteActivity
-from delve.distributed import merge_across_ranks
+from delve.engine.activity import MeanAbsoluteActivity
+from delve.engine.sync import merge_across_ranks
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"

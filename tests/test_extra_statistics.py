@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.activity import MeanAbsoluteActivity, dormant_fraction
-from delve.metrics import effective_rank, participation_ratio, spectral_decay_exponent
-from delve.statistics import STATISTICS, resolve_stats
+from delve.engine.activity import MeanAbsoluteActivity, dormant_fraction
+from delve.statistics.metrics import effective_rank, participation_ratio, spectral_decay_exponent
+from delve.statistics.registry import STATISTICS, resolve_stats
 
 f64 = torch.float64
 

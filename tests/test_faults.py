@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-import delve.io
+import delve.common.files
 from delve import SaturationTracker
 from delve.writers import WRITERS, AbstractWriter, WriterError
 
@@ -108,7 +108,7 @@ def test_disk_full_during_an_atomic_write_names_the_file(tmp_path, monkeypatch) 
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(delve.io.os, "fsync", fsync)
+    monkeypatch.setattr(delve.common.files.os, "fsync", fsync)
     memory = MemoryWriter()
     net = model()
     tracker = SaturationTracker(str(tmp_path / "run"), modules=net, save_to=[*ATOMIC_KEYS, memory])
@@ -144,7 +144,7 @@ CHILD = textwrap.dedent(
     import torch
     from torch import nn
     from delve import SaturationTracker
-    import delve.io
+    import delve.common.files
 
     savefile, keys, pause_at = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
     state = {"epoch": 0}
@@ -157,7 +157,7 @@ CHILD = textwrap.dedent(
             time.sleep(600)
         real_fsync(fd)
 
-    delve.io.os.fsync = fsync
+    delve.common.files.os.fsync = fsync
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(24, 96), nn.ReLU(), nn.Linear(96, 64))
     tracker = SaturationTracker(savefile, save_to=keys, modules=net, stats=["lsat", "idim", "cov", "trc"])
@@ -175,7 +175,7 @@ def _start_child(tmp_path: Path, name: str, pause_at: int) -> tuple[subprocess.P
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     savefile = tmp_path / name / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(delve.io.__file__).parents[1]), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(delve.common.files.__file__).parents[1]), *sys.path])}
     child = subprocess.Popen(
         [sys.executable, str(script), str(savefile), ",".join(ATOMIC_KEYS), str(pause_at)],
         stdout=subprocess.PIPE,

@@ -5,7 +5,7 @@ source file needs; its ``union-types`` feature (with annotations evaluated)
 also catches ``X | Y`` unions, which before 3.10 fail at run time outside
 annotations. The PyTorch floor was established by running this suite on that
 release (docs/install.rst records which); the version-dependent calls go
-through :mod:`delve.torch_features`.
+through :mod:`delve.common.torch_features`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from delve.io import atomic_write
+from delve.common.files import atomic_write
 
 
 def test_atomic_write_gives_the_umask_permissions_of_a_plain_open(tmp_path) -> None:
@@ -36,14 +36,14 @@ def test_importing_and_writing_leave_the_umask_alone(monkeypatch, tmp_path) -> N
     """Reading the umask means setting it: another thread could create a world-writable file meanwhile."""
     import importlib
 
-    import delve.io
+    import delve.common.files
 
     def forbidden(mask: int) -> int:
         raise AssertionError("os.umask called")
 
     monkeypatch.setattr(os, "umask", forbidden)
-    importlib.reload(delve.io)
-    delve.io.atomic_write(tmp_path / "a.txt", lambda handle: handle.write("x"))
+    importlib.reload(delve.common.files)
+    delve.common.files.atomic_write(tmp_path / "a.txt", lambda handle: handle.write("x"))
     assert (tmp_path / "a.txt").read_text() == "x"
 
 
@@ -55,7 +55,7 @@ def test_atomic_files_follow_the_umask(tmp_path, mask) -> None:
     script = (
         "import os, sys\n"
         f"os.umask({mask})\n"
-        "from delve.io import atomic_write\n"
+        "from delve.common.files import atomic_write\n"
         "atomic_write(sys.argv[1], lambda handle: handle.write('x'))\n"
     )
     target = tmp_path / "out.txt"

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-import delve.observations as observations
+import delve.capture.observation as observations
 from delve import SaturationTracker, register_observer
 
 
 def test_delve_knows_conv1d_without_importing_transformers() -> None:
     code = (
         "import sys, delve\n"
-        "from delve.observations import _BY_PATH\n"
+        "from delve.capture.observation import _BY_PATH\n"
         "assert 'transformers.pytorch_utils.Conv1D' in _BY_PATH\n"
         "assert 'transformers' not in sys.modules, 'importing delve imported transformers'\n"
     )

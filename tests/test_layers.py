@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.layers import discover_layers, unwrap_model
+from delve.capture.discovery import discover_layers, unwrap_model
 
 
 class Net(nn.Module):

@@ -9,7 +9,7 @@ from cpu_half import needs_cpu_half_autocast, needs_cpu_half_matmul
 from torch import nn
 
 from delve import SaturationTracker, TorchCovarianceMatrix
-from delve.torch_features import autocast_enabled
+from delve.common.torch_features import autocast_enabled
 
 HALF = [torch.float16, torch.bfloat16]
 

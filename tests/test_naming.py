@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from delve import SaturationTracker
-from delve.naming import MODES, layer_name, parse_value_name, safe_filename, value_name
+from delve.common.naming import MODES, layer_name, parse_value_name, safe_filename, value_name
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,10 @@ import torch
 from cpu_half import needs_cpu_half_autocast, needs_cpu_half_matmul
 from torch import nn
 
-from delve import SaturationTracker, kernels
-from delve.activity import MeanAbsoluteActivity
-from delve.statistics import STATISTICS, Statistic, register_statistic
+from delve import SaturationTracker
+from delve.engine import products as kernels
+from delve.engine.activity import MeanAbsoluteActivity
+from delve.statistics.registry import STATISTICS, Statistic, register_statistic
 
 ROUTES = ["cpu", "cpu-sliced", "device", "device-sliced"]
 

@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from delve import ObservationConfig, SaturationTracker, register_observer
-from delve import observations as obs
-from delve.observations import UnsupportedOutputError, observe, shrink_feature_map
+from delve.capture import observation as obs
+from delve.capture.observation import UnsupportedOutputError, observe, shrink_feature_map
 
 
 def rows_of(module: nn.Module, output, **config) -> np.ndarray:

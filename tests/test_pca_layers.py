@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.pca_layers import (
+from delve.pca.layers import (
     Conv2DPCALayer,
     LinearPCALayer,
     change_all_pca_layer_thresholds,

@@ -12,7 +12,7 @@ from matplotlib import image as mpimg
 from torch import nn
 
 from delve import SaturationTracker
-from delve.plotting import heatmap_figure, plot_results, profile_figure
+from delve.output.plotting import heatmap_figure, plot_results, profile_figure
 from delve.writers import CSVandPlottingWriter
 
 
@@ -147,7 +147,7 @@ def test_plot_writer_profiles_follow_forward_order(tmp_path):
     model(torch.randn(30, 6))
     tracker.add_saturations()
     tracker.close()
-    from delve.results import load_results
+    from delve.output.results import load_results
 
     results = load_results(tmp_path / "run")
     assert list(results["layer"]) == ["encoder_block_with_a_rather_long_name", "head_classifier_projection"]
@@ -190,7 +190,7 @@ def test_only_the_average_is_drawn_when_layerwise_values_are_off(tmp_path):
 
 
 def test_history_figure_draws_each_mode_over_epochs_on_the_bounded_axis():
-    from delve.plotting import history_figure
+    from delve.output.plotting import history_figure
 
     train = pd.Series([0.5, 0.25, 0.75], index=[0, 1, 2])
     evaluation = pd.Series([0.4, 0.3], index=[1, 2])
@@ -205,7 +205,7 @@ def test_figures_are_drawn_while_training_goes_on(tmp_path, monkeypatch):
     """save() hands the figures to the drawing thread and returns; the next save waits for them."""
     import threading
 
-    from delve import plotting
+    from delve.output import plotting
     from delve.writers import plot as plot_module
 
     started, release = threading.Event(), threading.Event()

@@ -20,9 +20,9 @@ import pytest
 import torch
 from torch import nn
 
-import delve.kernels as kernels
+import delve.engine.products as kernels
 from delve import SaturationTracker, TorchCovarianceMatrix
-from delve.observations import ObservationConfig, observe_conv
+from delve.capture.observation import ObservationConfig, observe_conv
 
 EXACT_BOUND = 1e-12
 FAST_BOUND = 2e-6

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import delve.precision as precision_module
+import delve.engine.precision as precision_module
 from delve import SaturationTracker
-from delve.precision import resolve_precision, state_device, tf32_products
+from delve.engine.precision import resolve_precision, state_device, tf32_products
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from delve.statistics import STATISTICS
+from delve.statistics.registry import STATISTICS
 from delve.writers.registry import WRITERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_statistics_table_matches_the_registry() -> None:
         assert STATISTICS[key].name == name
     # Tests and doctests register statistics of their own; ask a fresh interpreter for the built-in set.
     listed = subprocess.run(
-        [sys.executable, "-c", "import delve.statistics as s; print(' '.join(s.STATISTICS))"],
+        [sys.executable, "-c", "import delve.statistics.registry as s; print(' '.join(s.STATISTICS))"],
         capture_output=True,
         text=True,
         check=True,

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-import delve.observations as observations
-import delve.statistics as statistics
+import delve.capture.observation as observations
+import delve.statistics.registry as statistics
 import delve.writers.registry as registry
 from delve import SaturationTracker, register_observer, register_statistic, register_writer
-from delve.statistics import Statistic
+from delve.statistics.registry import Statistic
 from delve.writers import CSVWriter, NPYWriter
 
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker, load_results, recompute
-from delve.formats.csv import EXACT_FLOATS
-from delve.results import classify, format_summary, read_csv, summary_table, tidy, wide
+from delve.output.formats.csv import EXACT_FLOATS
+from delve.output.results import classify, format_summary, read_csv, summary_table, tidy, wide
 from delve.tools import reconstruct_csv_from_npy_data
 
 MODES = ("train", "eval")
@@ -164,7 +164,7 @@ def test_reconstruct_csv_from_npy_data(npy_run, tmp_path, ref):
 
 
 def test_npy_names_come_from_the_counters(tmp_path):
-    from delve.results import read_npy_dir
+    from delve.output.results import read_npy_dir
     from delve.writers import NPYWriter
 
     writer = NPYWriter(str(tmp_path / "run"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from delve.sampling import ReservoirSample
+from delve.engine.sample import ReservoirSample
 
 
 def offered(n: int, d: int = 3) -> torch.Tensor:

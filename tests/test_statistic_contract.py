@@ -25,7 +25,7 @@ from conftest import np_cov, np_eigenvalues, np_idim, np_logdet, np_saturation
 from torch import nn
 
 from delve import SaturationTracker
-from delve.statistics import STATISTICS
+from delve.statistics.registry import STATISTICS
 
 THRESHOLD = 0.95
 D = 8
@@ -78,7 +78,7 @@ REFERENCES: dict[str, Callable[[np.ndarray], object]] = {
     "alpha": lambda rows: _decay(np_eigenvalues(np_cov(rows))),
     "dorm": _dormant,
 }
-BUILT_IN = sorted(key for key, statistic in STATISTICS.items() if statistic.compute.__module__ == "delve.statistics")
+BUILT_IN = sorted(key for key, statistic in STATISTICS.items() if statistic.compute.__module__ == "delve.statistics.registry")
 
 
 def identity() -> nn.Module:

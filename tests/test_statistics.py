@@ -10,8 +10,8 @@ from torch import nn
 
 from delve import SaturationTracker, Statistic, register_statistic
 from delve import statistics as stats_module
-from delve.metrics import spectrum
-from delve.statistics import STATISTICS, LayerSummary, resolve_stats, statistic_names
+from delve.statistics.metrics import spectrum
+from delve.statistics.registry import STATISTICS, LayerSummary, resolve_stats, statistic_names
 
 CORE_KEYS = {
     "lsat": "saturation",

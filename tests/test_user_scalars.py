@@ -97,7 +97,7 @@ def test_printed_table_and_summary_keep_user_scalars_out_of_the_layers(run, caps
 
 def test_npy_values_read_back_with_user_names(run) -> None:
     savefile, _ = run
-    from delve.results import load_npy_values
+    from delve.output.results import load_npy_values
 
     frame = load_npy_values(savefile / "npy")
     assert frame.loc[1, "eval-acc_top1"] == pytest.approx(0.9)

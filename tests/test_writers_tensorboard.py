@@ -16,8 +16,8 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
 from delve import SaturationTracker, Statistic, register_statistic
-from delve.figures import draw_later
-from delve.statistics import STATISTICS
+from delve.output.figures import draw_later
+from delve.statistics.registry import STATISTICS
 from delve.writers import TensorBoardWriter, WriterError
 from delve.writers.tensorboard import tensorboard_tag
 from delve.writers.tensorboard_tags import section

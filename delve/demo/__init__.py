@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..figures import new_figure, save_figure
-from ..layout import plot_dir
-from ..naming import value_name
-from ..plotting import plot_results
-from ..results import load_results
-from ..statistics import STATISTICS
-from ..tracker import SaturationTracker
+from ..output.figures import new_figure, save_figure
+from ..output.layout import plot_dir
+from ..common.naming import value_name
+from ..output.plotting import plot_results
+from ..output.results import load_results
+from ..statistics.registry import STATISTICS
+from ..tracking.tracker import SaturationTracker
 from .networks import (
     DEMO_NETWORKS,
     DemoNetwork,

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import TrackerConfig
-from ..tracker import SaturationTracker
+from ..tracking.parameters import TrackerConfig
+from ..tracking.tracker import SaturationTracker
 
 __all__ = [
     "STATE_FORMAT",
@@ -61,7 +61,7 @@ def check_tracker_arguments(
 ) -> None:
     """Raise at construction what the tracker would only raise once training has started.
 
-    :class:`~delve.config.TrackerConfig` runs the tracker's own checks
+    :class:`~delve.tracking.parameters.TrackerConfig` runs the tracker's own checks
     (statistic keys, thresholds, writer keys, unknown keyword arguments) with
     its own messages, without a model. Checks that need the model (layer
     names) or the process group (ranks) wait for the real tracker.

@@ -32,7 +32,7 @@ except ImportError as _error:
 
     raise missing_framework(__name__, "transformers", "huggingface") from _error
 
-from ..tracker import SaturationTracker
+from ..tracking.tracker import SaturationTracker
 from ..writers.base import AbstractWriter
 from ._common import build_tracker, check_tracker_arguments, checkpoint_state, restore_checkpoint_state, scalar_metrics
 

@@ -5,9 +5,9 @@ every scalar value (statistics and user scalars alike), ``add_array`` for array
 statistics (``cov``, ``embed``), ``save`` once the epoch is complete, and
 ``close`` at the end. ``resume_from_saved_state`` is called once, before any
 value, when a run continues from ``initial_epoch > 0``. ``record_run`` hands
-over, once, the :class:`~delve.naming.RunRecord` of the tracker (its layers and
+over, once, the :class:`~delve.common.naming.RunRecord` of the tracker (its layers and
 statistic names): a writer reads a name as a per-layer value only when the
-record describes it (see :func:`delve.naming.classify`), so user scalars that
+record describes it (see :func:`delve.common.naming.classify`), so user scalars that
 happen to look like ``<mode>-<stat>_<layer>`` stay user scalars.
 
 Writers create nothing on disk before their first ``save``, so a tracker that
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..naming import RunRecord
+from ..common.naming import RunRecord
 
 __all__ = ["AbstractWriter", "CompositeWriter", "CompositWriter", "WriterError", "writing"]
 

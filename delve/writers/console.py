@@ -8,8 +8,8 @@ from typing import IO, Any
 import pandas as pd
 from tqdm import tqdm
 
-from ..report import format_summary
-from ..tables import tidy
+from ..output.summary import format_summary
+from ..output.tables import tidy
 from .base import AbstractWriter
 
 __all__ = ["PrintWriter"]

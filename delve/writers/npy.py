@@ -1,4 +1,4 @@
-"""NPY output: one folder per logged value, one ``.npy`` file per epoch (see :mod:`delve.formats.npy`)."""
+"""NPY output: one folder per logged value, one ``.npy`` file per epoch (see :mod:`delve.output.formats.npy`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..formats.npy import Counters, read_counters, save_array, value_file, write_counters
-from ..io import atomic_path
-from ..layout import COUNTERS_FILE, npy_dir
-from ..naming import safe_filename
+from ..output.formats.npy import Counters, read_counters, save_array, value_file, write_counters
+from ..common.files import atomic_path
+from ..output.layout import COUNTERS_FILE, npy_dir
+from ..common.naming import safe_filename
 from .base import AbstractWriter, WriterError, writing
 
 __all__ = ["NPYWriter"]
@@ -28,9 +28,9 @@ class NPYWriter(AbstractWriter):
         runs/vgg/npy/counters.json
 
     Folder names are the value names passed through
-    :func:`delve.naming.safe_filename`; ``counters.json`` maps each folder to
+    :func:`delve.common.naming.safe_filename`; ``counters.json`` maps each folder to
     its value name, records the epochs written and the run record, so a run
-    can be read back (:func:`delve.results.read_npy_dir`) and resumed. Nothing is pickled:
+    can be read back (:func:`delve.output.results.read_npy_dir`) and resumed. Nothing is pickled:
     every file loads with ``np.load(path, allow_pickle=False)``. Files are
     written atomically at :meth:`save`.
 

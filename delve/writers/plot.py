@@ -8,11 +8,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..figures import draw_later
-from ..layout import PROFILE_PATTERN
-from ..layout import plot_dir as default_plot_dir
-from ..plotting import plot_results
-from ..tables import tidy
+from ..output.figures import draw_later
+from ..output.layout import PROFILE_PATTERN
+from ..output.layout import plot_dir as default_plot_dir
+from ..output.plotting import plot_results
+from ..output.tables import tidy
 from .base import writing
 from .csv import CSVWriter
 
@@ -36,7 +36,7 @@ class CSVandPlottingWriter(CSVWriter):
       is the only figure).
 
     Figures are drawn off-screen (Agg, no pyplot) and freed after saving, so
-    long runs do not accumulate memory. See :mod:`delve.plotting`.
+    long runs do not accumulate memory. See :mod:`delve.output.plotting`.
 
     Parameters
     ----------

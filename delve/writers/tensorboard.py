@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..figures import draw_later, embedding_figure, figure_to_rgb, heatmap_figure, profile_figure
-from ..layout import tensorboard_dir
-from ..metrics import eigenvalues
-from ..naming import classify
-from ..statistics import STATISTICS, by_name
+from ..output.figures import draw_later, embedding_figure, figure_to_rgb, heatmap_figure, profile_figure
+from ..output.layout import tensorboard_dir
+from ..statistics.metrics import eigenvalues
+from ..common.naming import classify
+from ..statistics.registry import STATISTICS, by_name
 from .base import AbstractWriter, writing
 from .tensorboard_tags import custom_scalars_layout, layer_tag, overview_tag, tensorboard_tag
 
@@ -67,13 +67,13 @@ class TensorBoardWriter(AbstractWriter):
 
     Image titles start with the run's name (the log folder's name), so a
     downloaded PNG says where it came from. Images are drawn on delve's
-    drawing thread (see :func:`delve.figures.draw_later`) while training goes
+    drawing thread (see :func:`delve.output.figures.draw_later`) while training goes
     on; every other call of the writer first waits for them, so the event
     file's order is the same as when drawn in place, and :meth:`close` returns
     with everything written and flushed.
 
     Everything goes to ONE run folder, ``<savepath>`` (see
-    :mod:`delve.layout`), so ``tensorboard --logdir <parent>`` shows one run
+    :mod:`delve.output.layout`), so ``tensorboard --logdir <parent>`` shows one run
     per tracker. The folder is created at the first value. A resumed run
     (``initial_epoch=k``) appends a new event file to the same folder, telling
     TensorBoard to discard the earlier steps ``>= k``; its heatmaps start at

@@ -5,7 +5,7 @@ first component (the *section*) and sort sections by name, digits before
 letters; Time Series opens only the first two sections. Alphabetical order
 would put ``covariance-...`` and ``intrinsic-dimensionality`` above
 ``saturation``, so every registered statistic's section starts with its
-position in the registry (:data:`delve.statistics.STATISTICS`, saturation
+position in the registry (:data:`delve.statistics.registry.STATISTICS`, saturation
 first), zero-padded so that file listings sort the same way:
 
 * ``01-saturation/average/<mode>``: the mean over layers (scalar);
@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
-from ..naming import MODES, RunRecord, classify
-from ..statistics import STATISTICS, by_name
+from ..common.naming import MODES, RunRecord, classify
+from ..statistics.registry import STATISTICS, by_name
 
 __all__ = [
     "LAYERS_PER_CHART",
@@ -96,7 +96,7 @@ def tensorboard_tag(name: str, record: RunRecord | None = None) -> str:
     statistic's position in the registry (see the module's description);
     other names (user scalars) are kept as they are. With the tracker's
     ``record``, only the values it describes are split (see
-    :func:`delve.naming.classify`).
+    :func:`delve.common.naming.classify`).
 
     Examples
     --------

@@ -1,0 +1,252 @@
+"""The budget: which share of its rows each layer keeps, and from which batches.
+
+With a budget (``max_overhead=0.05``), each layer keeps a random subset of its
+rows per batch so that the estimated tracking work (:mod:`delve.budget.cost`) stays
+within that share of the tracked layers' training work. The budget is spent
+so that layers get similar rows per feature where they can: the sampling
+error of a ``d``-wide covariance grows with ``sqrt(d / rows)``, so every
+layer is given the same ``rows / d`` up to the rows it has (water-filling).
+
+Each draw costs a fixed few operations whatever its size (choosing rows,
+gathering them, checking them), about as much as a few hundred rows of
+product. A layer whose share is smaller than :data:`ROWS_PER_DRAW` rows per
+batch therefore draws from one batch in ``m`` (chosen at random, the first
+batch of an epoch always; ``m`` at most :data:`MAX_BATCHES_PER_DRAW`) and
+keeps ``m`` times the rows when it does: every row is still kept with the
+same probability.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from .cost import LayerCost
+
+__all__ = [
+    "CostModel",
+    "rows_per_feature_within",
+    "EXPENSIVE_SHARE",
+    "ROWS_PER_DRAW",
+    "MAX_BATCHES_PER_DRAW",
+    "WHOLE_SHARE",
+]
+
+#: Above this estimated tracking work relative to training work, the tracker says so once.
+EXPENSIVE_SHARE = 0.25
+#: Fewest rows a layer draws at once under a budget (fewer per batch: it draws from fewer batches).
+ROWS_PER_DRAW = 256
+#: Most batches per draw: more would leave short epochs with no draw but their first (too few rows).
+MAX_BATCHES_PER_DRAW = 8
+#: The cheapest layers keep every row while, together, that costs at most this share of the budget.
+WHOLE_SHARE = 0.02
+
+
+def _period(rate: float, rows: int) -> int:
+    """Batches per draw for a layer keeping ``rate`` of its ``rows``: about :data:`ROWS_PER_DRAW` rows a draw."""
+    if rate >= 1.0 or rows <= 0:
+        return 1
+    kept = max(1, math.ceil(rate * rows))
+    return max(1, min(math.ceil(ROWS_PER_DRAW / kept), rows // kept, MAX_BATCHES_PER_DRAW))
+
+
+def _kept_whole(costs: Sequence[LayerCost], allowance: float) -> set[str]:
+    """The cheapest layers whose every row, together, costs at most ``allowance``."""
+    whole: set[str] = set()
+    spent = 0.0
+    for cost in sorted(costs, key=lambda c: c.work):
+        if spent + cost.work > allowance:
+            break
+        whole.add(cost.layer)
+        spent += cost.work
+    return whole
+
+
+def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
+    """The largest common ``rows / d`` whose update work, capped at each layer's rows, fits ``budget``.
+
+    Layers whose ``rows / d`` is below the level keep all their rows; the others
+    get ``level * d`` rows, each costing what picking it out of the batch
+    adds. ``math.inf`` when every row fits.
+
+    Examples
+    --------
+    >>> small, wide = LayerCost("a", 8, 4, 8, 16), LayerCost("b", 10_000, 64, 10_000, 4096)
+    >>> rows_per_feature_within([small, wide], budget=small.work + 10 * 64 * wide.work_per_row)
+    10.0
+    """
+    by_level = sorted(costs, key=lambda c: c.rows / c.features)
+    full = 0  # work of the layers already capped at all their rows
+    for index, cost in enumerate(by_level):
+        level = cost.rows / cost.features
+        partial = sum(c.features * c.sampled_work_per_row for c in by_level[index:])
+        if full + level * partial > budget:
+            return max(budget - full, 0.0) / partial
+        full += cost.work
+    return math.inf
+
+
+class CostModel:
+    """The tracked layers' costs as they are first seen, and the share of rows each may keep.
+
+    Parameters
+    ----------
+    max_overhead : float, optional
+        Budget: estimated tracking work as a share of the tracked layers'
+        training work. ``None`` keeps every row.
+
+    Examples
+    --------
+    >>> model = CostModel(max_overhead=0.05)
+    >>> model.note(LayerCost("up", rows=4096, features=768, applications=4096, weight_elements=192 * 768))
+    >>> 0 < model.rate("up") < 1
+    True
+    """
+
+    def __init__(self, max_overhead: float | None = None) -> None:
+        self.max_overhead = max_overhead
+        self._costs: dict[str, LayerCost] = {}
+        self._rates: dict[str, float] = {}
+        self._periods: dict[str, int] = {}
+        self._whole: set[str] = set()  # cheap enough to keep every row
+        self._level = math.inf  # rows per feature and batch that the budget allows
+        self._lock = threading.Lock()
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self._costs
+
+    @property
+    def costs(self) -> list[LayerCost]:
+        """The layers seen so far, in the order they were first seen."""
+        with self._lock:
+            return list(self._costs.values())
+
+    def note(self, cost: LayerCost) -> None:
+        """Record a layer's shapes (its first recorded pass only) and re-balance the budget."""
+        with self._lock:
+            if cost.layer in self._costs:
+                return
+            self._costs[cost.layer] = cost
+            if self.max_overhead is not None:
+                self._rates = self._balance(list(self._costs.values()))
+                self._periods = {c.layer: _period(self._rates[c.layer], c.rows) for c in self._costs.values()}
+
+    def _balance(self, costs: list[LayerCost]) -> dict[str, float]:
+        # Rows per feature are the rule, but a layer that costs next to nothing (a classifier head,
+        # a squeeze-excitation reduction) keeps every row: the rest loses at most WHOLE_SHARE.
+        budget = self.max_overhead * sum(c.training for c in costs)  # type: ignore[operator]
+        self._whole = whole = _kept_whole(costs, budget * WHOLE_SHARE)
+        rest = [c for c in costs if c.layer not in whole]
+        spent = sum(c.work for c in costs if c.layer in whole)
+        self._level = level = rows_per_feature_within(rest, budget - spent)
+        return {
+            c.layer: level * c.features / c.rows
+            if c.layer not in whole and c.worth_sampling(level * c.features)
+            else 1.0
+            for c in costs
+        }
+
+    def overhead_for(self, layer: str, factor: float) -> float:
+        """The ``max_overhead`` that would give ``layer`` ``factor`` times the rows it keeps now.
+
+        ``math.inf`` when the layer does not have that many rows per batch.
+        """
+        costs = self.costs
+        training = sum(c.training for c in costs)
+        by_name = {c.layer: c for c in costs}
+        if layer not in by_name or layer in self._whole or not training:
+            return math.inf
+        level = min(self._level, by_name[layer].rows / by_name[layer].features) * factor
+        if level * by_name[layer].features > by_name[layer].rows:
+            return math.inf
+        kept = {c.layer: c.rows if c.layer in self._whole else min(c.rows, level * c.features) for c in costs}
+        return sum(c.kept_work(kept[c.layer]) for c in costs) / training
+
+    def rate(self, layer: str) -> float:
+        """Share of a batch's rows the layer keeps: 1 without a budget or before it was seen."""
+        return self._rates.get(layer, 1.0)
+
+    def period(self, layer: str) -> int:
+        """``m``: the layer draws from one batch in ``m`` on average, ``m`` times its share of rows.
+
+        Examples
+        --------
+        >>> model = CostModel(max_overhead=0.001)
+        >>> model.note(LayerCost("fc", rows=4096, features=64, applications=4096, weight_elements=64 * 64))
+        >>> model.rows_to_keep("fc", 4096), model.period("fc")
+        (25, 8)
+        """
+        return self._periods.get(layer, 1)
+
+    def rows_to_keep(self, layer: str, rows: int) -> int:
+        """How many of a batch's ``rows`` the layer keeps (at least one)."""
+        rate = self._rates.get(layer, 1.0)
+        return rows if rate >= 1.0 else max(1, min(rows, math.ceil(rate * rows)))
+
+    def expensive(self, share: float = EXPENSIVE_SHARE) -> tuple[float, list[str]]:
+        """``(tracking / training work of every row, the layers that make up half of it)``.
+
+        Examples
+        --------
+        >>> model = CostModel()
+        >>> model.note(LayerCost("qkv", rows=128, features=576, applications=128, weight_elements=192 * 576))
+        >>> ratio, layers = model.expensive()
+        >>> round(ratio, 2), layers
+        (0.5, ['qkv'])
+        >>> model.note(LayerCost("fc", rows=128, features=64, applications=128, weight_elements=64 * 64,
+        ...                      product_weight=5.0, pass_weight=24.0))
+        >>> model.expensive()[1]
+        ['qkv']
+        """
+        costs = self.costs
+        training = sum(c.training for c in costs)
+        work = sum(c.work for c in costs)
+        if not training:
+            return 0.0, []
+        dominating: list[str] = []
+        covered = 0.0
+        for cost in sorted(costs, key=lambda c: -c.work):
+            if covered >= work * 0.5:
+                break
+            dominating.append(cost.layer)
+            covered += cost.work
+        return work / training, dominating
+
+    def frame(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per layer: the multiply-adds per batch and what they are estimated to cost.
+
+        Columns: ``layer``, ``rows`` (per batch), ``features`` (``d``),
+        ``update`` (multiply-adds of the Gram product of every row),
+        ``training`` (multiply-adds of the layer's forward and backward),
+        ``overhead`` (tracking every row against training, in training
+        multiply-adds: products and passes over the rows weighted by
+        :func:`relative_cost`), ``share`` (of all tracking work),
+        ``kept_rows`` and ``kept_overhead`` (under the budget; every row
+        without one).
+        """
+        costs = {c.layer: c for c in self.costs}
+        order = [name for name in (layers or costs) if name in costs]
+        total = sum(c.work for c in costs.values()) or 1.0
+        records = []
+        for name in order:
+            cost = costs[name]
+            kept = self.rows_to_keep(name, cost.rows)
+            training = cost.training or math.nan
+            records.append(
+                {
+                    "layer": name,
+                    "rows": cost.rows,
+                    "features": cost.features,
+                    "update": cost.update,
+                    "training": cost.training,
+                    "overhead": cost.work / training,
+                    "share": cost.work / total,
+                    "kept_rows": kept,
+                    "kept_overhead": cost.kept_work(kept) / training,
+                }
+            )
+        columns = ["layer", "rows", "features", "update", "training", "overhead", "share", "kept_rows", "kept_overhead"]
+        return pd.DataFrame.from_records(records, columns=columns)

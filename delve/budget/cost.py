@@ -1,0 +1,203 @@
+"""What tracking costs against training, per layer (the budget spending it is :mod:`delve.budget.allocation`).
+
+A layer's Gram update costs about ``n * d * (d + 1) / 2`` multiply-adds for
+``n`` observation rows of ``d`` features, while its own training costs about
+``3 * W * a`` (forward, and a backward of twice the forward), ``W`` being its
+weight elements and ``a`` how often they are applied (output positions or
+tokens). So a widening layer (attention's ``qkv``, an MLP's up-projection, a
+depthwise convolution) pays more for tracking than for training.
+:class:`LayerCost` holds both, estimated from the shapes seen at the layer's
+first recorded forward pass, with what the device makes each elementary
+operation cost (:func:`relative_cost`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["LayerCost", "CostWeights", "layer_cost", "relative_cost", "UNIT_WEIGHTS"]
+
+#: Training work relative to a forward pass: the backward computes two products of the same size.
+TRAINING_PER_FORWARD = 3
+#: Float32 values in a 64-byte cache line: rows kept denser than one in this many share the lines read.
+ROWS_PER_CACHE_LINE = 16
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """The shapes behind one layer's costs, from its first recorded forward pass.
+
+    Attributes
+    ----------
+    layer : str
+        The layer's name.
+    rows : int
+        Observation rows per batch.
+    features : int
+        ``d``, the width of each row.
+    applications : int
+        How often the layer applied its weights in that pass (output
+        positions of a convolution, tokens of a linear layer).
+    weight_elements : int
+        Elements of its weight matrices (parameters of two or more dimensions).
+    product_weight, pass_weight : float
+        What one multiply-add of the Gram product, and one element of a
+        pass over the rows (copy, convert, shift), cost in multiply-adds of
+        the layer's training (see :func:`relative_cost`).
+    gather_weight : float
+        What picking one element of a sampled row out of the batch costs on
+        top, in the same unit: zero where rows lie contiguous (a linear
+        layer's), large where each row is strided across the batch (a
+        channels-first convolution's ``(N, H*W, C)`` view).
+    """
+
+    layer: str
+    rows: int
+    features: int
+    applications: int
+    weight_elements: int
+    product_weight: float = 1.0
+    pass_weight: float = 0.0
+    gather_weight: float = 0.0
+
+    @property
+    def update_per_row(self) -> int:
+        """Multiply-adds to merge one row: its share of the upper-triangular Gram product."""
+        d = self.features
+        return d * (d + 1) // 2
+
+    @property
+    def update(self) -> int:
+        """Multiply-adds to merge every row of a batch."""
+        return self.rows * self.update_per_row
+
+    @property
+    def work_per_row(self) -> float:
+        """What merging one row costs, in multiply-adds of training: the product and the passes."""
+        return self.update_per_row * self.product_weight + self.features * self.pass_weight
+
+    @property
+    def sampled_work_per_row(self) -> float:
+        """What merging one row costs when it is picked out of the batch by a budget."""
+        return self.work_per_row + self.features * self.gather_weight
+
+    @property
+    def work(self) -> float:
+        """What merging every row of a batch costs, in multiply-adds of training."""
+        return self.rows * self.work_per_row
+
+    def kept_work(self, kept: float) -> float:
+        """What merging ``kept`` rows of a batch costs: picked out of it unless they are all its rows.
+
+        A strided gather reads one cache line per element; once rows are
+        kept that densely, it costs one read of the whole batch and no more.
+        """
+        if kept >= self.rows:
+            return self.work
+        gathered = min(kept, self.rows / ROWS_PER_CACHE_LINE)
+        return kept * self.work_per_row + gathered * self.features * self.gather_weight
+
+    def worth_sampling(self, kept: float) -> bool:
+        """Whether keeping ``kept`` rows costs less than keeping them all (picking rows is not free)."""
+        return kept < self.rows and self.kept_work(kept) < self.work
+
+    @property
+    def training(self) -> int:
+        """Multiply-adds of the layer's forward and backward pass on a batch."""
+        return TRAINING_PER_FORWARD * self.weight_elements * self.applications
+
+
+class CostWeights(NamedTuple):
+    """Tracking's elementary costs in multiply-adds of training (see :func:`relative_cost`)."""
+
+    product: float
+    passes: float
+    gather: float
+
+
+#: ``(device type, training dtype is half) -> (product weight per product dtype, pass, strided gather)``.
+#: CPU figures are measured on 2 cores (docs/performance.rst: float64 and float32 upper-block
+#: products of the VGG-style CNN against its training step, the copy-and-shift pass, and picking
+#: sampled rows out of its (N, H*W, C) views: 5 ns per element inside a step, one cache line each). GPU
+#: figures are the ratios of datasheet peaks (an H100's float64 and float32 against bf16 tensor
+#: cores), not measured; a strided gather there reads a 32-byte sector per 4-byte element.
+_RELATIVE_COSTS: dict[tuple[str, bool], tuple[dict[torch.dtype, float], float, float]] = {
+    ("cpu", False): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0, 300.0),
+    ("cpu", True): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0, 300.0),
+    ("cuda", False): ({torch.float64: 1.0, torch.float32: 1.0}, 4.0, 32.0),
+    ("cuda", True): ({torch.float64: 15.0, torch.float32: 15.0}, 4.0, 32.0),
+}
+
+
+#: Every elementary cost counted as one training multiply-add, passes and gathers as free.
+UNIT_WEIGHTS = CostWeights(1.0, 0.0, 0.0)
+
+
+def relative_cost(device_type: str, product_dtype: torch.dtype, training_dtype: torch.dtype) -> CostWeights:
+    """Tracking's product multiply-adds, element passes and strided gathers in training multiply-adds.
+
+    A float64 product multiply-add costs more than a training one (float32,
+    or half precision on tensor cores); a pass over the rows is bound by
+    memory, not arithmetic; and picking a sampled row out of a strided view
+    reads each element from its own cache line. Unknown devices count each
+    as one training multiply-add.
+
+    Examples
+    --------
+    >>> relative_cost("cpu", torch.float64, torch.float32)
+    CostWeights(product=5.0, passes=24.0, gather=300.0)
+    """
+    half = training_dtype in (torch.float16, torch.bfloat16)
+    products, passes, gather = _RELATIVE_COSTS.get((device_type, half), ({}, 1.0, 1.0))
+    return CostWeights(products.get(product_dtype, 1.0), passes, gather)
+
+
+def layer_cost(
+    layer: str,
+    module: nn.Module,
+    output: object,
+    rows: int,
+    features: int,
+    weights: CostWeights = UNIT_WEIGHTS,
+    strided: bool = False,
+) -> LayerCost:
+    """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
+
+    ``weights`` is :func:`relative_cost` for the layer's device and dtypes;
+    ``strided`` says the observation's rows are not contiguous in memory.
+
+    Examples
+    --------
+    >>> conv = nn.Conv2d(3, 8, 3, padding=1)
+    >>> cost = layer_cost("conv", conv, torch.zeros(2, 8, 5, 5), rows=50, features=8)
+    >>> cost.applications, cost.weight_elements, cost.training
+    (50, 216, 32400)
+    """
+    weight_elements = sum(p.numel() for p in module.parameters() if p.ndim >= 2)
+    gather = weights.gather if strided else 0.0
+    return LayerCost(
+        layer,
+        int(rows),
+        int(features),
+        _applications(module, output),
+        int(weight_elements),
+        weights.product,
+        weights.passes,
+        gather,
+    )
+
+
+def _applications(module: nn.Module, output: object) -> int:
+    """How many output vectors the layer computed: output elements over its output width."""
+    tensor = output
+    while isinstance(tensor, (tuple, list)) and tensor:
+        tensor = tensor[0]
+    tensor = getattr(tensor, "data", tensor)  # PackedSequence holds its steps in .data
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
+        return 0
+    width = getattr(module, "out_channels", None) or tensor.shape[-1]
+    return tensor.numel() // max(int(width), 1)

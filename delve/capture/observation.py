@@ -1,0 +1,315 @@
+"""Turn a layer's output into observation rows, by module kind.
+
+An *observer* maps ``(module, output, config)`` to a tensor of shape
+``(..., d)`` whose leading dimensions are all samples: ``d`` is the layer's
+feature size. Observers return views where they can; the covariance update
+gathers and upcasts a strided view in a single pass.
+
+The registry is keyed by module type and looked up along the type's MRO, so
+subclasses of ``nn.Linear`` or ``nn.Conv2d`` are handled like their bases.
+Users extend it with :func:`register_observer`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from ..common.validation import check_choice, check_int, check_optional_int
+
+__all__ = [
+    "CONV_METHODS",
+    "TIMESERIES_METHODS",
+    "INTERPOLATION_STRATEGIES",
+    "ObservationConfig",
+    "Observer",
+    "ObserverEntry",
+    "register_observer",
+    "find_observer",
+    "observe",
+    "UnsupportedOutputError",
+]
+
+CONV_METHODS = ("channelwise", "mean", "max", "median", "flatten")
+TIMESERIES_METHODS = ("last_timestep", "timestepwise")
+INTERPOLATION_STRATEGIES = ("nearest", "nearest-exact", "area", "linear", "bilinear", "bicubic", "trilinear")
+_LINEAR_FAMILY = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+class UnsupportedOutputError(TypeError):
+    """A layer produced an output that no observer can turn into rows."""
+
+
+@dataclass(frozen=True)
+class ObservationConfig:
+    """How outputs become rows; fixed for the lifetime of a tracker.
+
+    Attributes
+    ----------
+    conv_method : str
+        One of :data:`CONV_METHODS`.
+    timeseries_method : str
+        One of :data:`TIMESERIES_METHODS`.
+    interpolation_strategy : str or None
+        ``None`` keeps feature maps as they are; otherwise a mode of
+        :func:`torch.nn.functional.interpolate` used to shrink large maps.
+    interpolation_downsampling : int
+        Largest spatial side kept when shrinking.
+    max_positions : int or None
+        ``channelwise`` only: record at most about this many spatial
+        positions per feature map (every ``k``-th position from a random
+        start, ``k = ceil(positions / max_positions)``). ``None`` records all.
+    generator : torch.Generator or None
+        A CPU generator that draws the random start under ``max_positions``
+        (the tracker owns one and saves it in its ``state_dict``, so a
+        restored run draws the same positions); ``None`` starts at position 0.
+    """
+
+    conv_method: str = "channelwise"
+    timeseries_method: str = "last_timestep"
+    interpolation_strategy: str | None = None
+    interpolation_downsampling: int = 32
+    max_positions: int | None = None
+    generator: torch.Generator | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_choice("conv_method", self.conv_method, CONV_METHODS)
+        check_choice("timeseries_method", self.timeseries_method, TIMESERIES_METHODS)
+        if self.interpolation_strategy is not None:
+            check_choice("interpolation_strategy", self.interpolation_strategy, INTERPOLATION_STRATEGIES)
+        check_int("interpolation_downsampling", self.interpolation_downsampling, 1, "a positive int")
+        check_optional_int("max_positions", self.max_positions, minimum=1)
+
+
+Observer = Callable[[nn.Module, object, ObservationConfig], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ObserverEntry:
+    """A registered observer and the kind of layer it serves (``"conv"`` etc.)."""
+
+    observer: Observer
+    kind: str
+
+
+_REGISTRY: dict[type, ObserverEntry] = {}
+# Types named by their import path ("transformers.pytorch_utils.Conv1D"): known without importing
+# their library, matched when a model holds one.
+_BY_PATH: dict[str, ObserverEntry] = {}
+
+
+def register_observer(
+    module_type: type[nn.Module] | str, observer: Observer, kind: str = "custom", replace: bool = False
+) -> None:
+    """Teach delve how to read the output of ``module_type`` (and its subclasses).
+
+    Parameters
+    ----------
+    module_type : type or str
+        An ``nn.Module`` subclass, or its import path (``"package.module.Class"``)
+        for a class of a library that need not be installed or imported:
+        nothing is imported, the path is matched against the classes of the
+        models delve is given. Modules of this type are tracked when a whole
+        model is handed to the tracker.
+    observer : callable
+        ``observer(module, output, config) -> Tensor`` of shape ``(..., d)``,
+        leading dimensions being samples. ``config`` is an
+        :class:`ObservationConfig`.
+    kind : str
+        A label; ``"conv"`` layers are dropped by ``include_conv=False``.
+    replace : bool
+        Allow replacing the observer already registered for exactly this type
+        (built-ins included); without it such a duplicate raises. Subclasses
+        of a registered type may always get their own observer.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> class Scale(nn.Module):
+    ...     def forward(self, x):
+    ...         return {"features": 2 * x}
+    >>> register_observer(Scale, lambda module, output, config: output["features"])
+    """
+    if not callable(observer):
+        raise ValueError("observer must be callable as observer(module, output, config)")
+    if isinstance(module_type, str):
+        if not _CLASS_PATH.match(module_type):
+            raise ValueError(f"a class path looks like 'package.module.Class', got {module_type!r}")
+        registry: dict[Any, ObserverEntry] = _BY_PATH
+        label = module_type
+    elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
+        registry, label = _REGISTRY, module_type.__name__
+    else:
+        raise ValueError(f"module_type must be an nn.Module subclass or its import path, got {module_type!r}")
+    if module_type in registry and not replace:
+        raise ValueError(f"an observer is already registered for {label}; pass replace=True to replace it")
+    registry[module_type] = ObserverEntry(observer, kind)
+
+
+_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def find_observer(module: nn.Module) -> ObserverEntry | None:
+    """The registered observer for ``module``'s type or its nearest base class."""
+    for klass in type(module).__mro__:
+        entry = _REGISTRY.get(klass)
+        if entry is None and _BY_PATH:
+            entry = _BY_PATH.get(f"{klass.__module__}.{klass.__qualname__}")
+        if entry is not None:
+            return entry
+    return None
+
+
+def observe(
+    module: nn.Module, output: object, config: ObservationConfig, layer: str, entry: ObserverEntry | None = None
+) -> torch.Tensor:
+    """Rows of ``module``'s output, raising a clear error for outputs it cannot read.
+
+    ``entry`` is the module's observer when the caller already looked it up
+    (the recorder does so once, not at every forward pass).
+    """
+    entry = entry or find_observer(module)
+    if entry is None:
+        raise UnsupportedOutputError(_unsupported_message(module, output, layer))
+    try:
+        rows = entry.observer(module, output, config)
+    except UnsupportedOutputError as error:
+        # Built-in observers only know the output; the message must name the layer.
+        raise UnsupportedOutputError(_unsupported_message(module, output, layer)) from error
+    if not isinstance(rows, torch.Tensor) or rows.ndim < 1 or not rows.is_floating_point():
+        raise UnsupportedOutputError(_unsupported_message(module, output, layer))
+    return rows
+
+
+def _unsupported_message(module: nn.Module, output: object, layer: str) -> str:
+    shown = (
+        f"tensor of shape {tuple(output.shape)} and dtype {output.dtype}"
+        if isinstance(output, torch.Tensor)
+        else type(output).__name__
+    )
+    return (
+        f"delve cannot turn the output of layer {layer!r} ({type(module).__name__}) into "
+        f"observations: got {shown}. Register an observer that returns a floating "
+        f"(samples, features) tensor: delve.register_observer({type(module).__name__}, "
+        f"lambda module, output, config: ...), or exclude the layer with ignore_layer_names."
+    )
+
+
+def _tensor_output(output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    raise UnsupportedOutputError(f"expected a tensor output, got {type(output).__name__}")
+
+
+# --------------------------------------------------------------------------- dense
+def observe_features_last(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """``(..., D)``: every leading index is a sample (a 1-D output is one sample)."""
+    out = _tensor_output(output)
+    return out.unsqueeze(0) if out.ndim == 1 else out
+
+
+# ---------------------------------------------------------------------------- conv
+def _spatial_dims(module: nn.Module) -> int:
+    return len(module.kernel_size)  # type: ignore[arg-type]
+
+
+def shrink_feature_map(out: torch.Tensor, strategy: str, largest_side: int) -> torch.Tensor:
+    """Downsample ``(N, C, *spatial)`` so no side exceeds ``largest_side``.
+
+    The aspect ratio is kept and nothing is ever upsampled.
+
+    Examples
+    --------
+    >>> shrink_feature_map(torch.zeros(1, 3, 64, 32), "nearest", 16).shape
+    torch.Size([1, 3, 16, 8])
+    """
+    spatial = out.shape[2:]
+    longest = max(spatial)
+    if longest <= largest_side:
+        return out
+    scale = largest_side / longest
+    size = [max(1, round(side * scale)) for side in spatial]
+    mode = strategy
+    if strategy in _LINEAR_FAMILY.values() or strategy == "linear":
+        mode = _LINEAR_FAMILY[len(spatial)]
+    if mode == "bicubic" and len(spatial) != 2:
+        raise ValueError("interpolation_strategy 'bicubic' applies to 2-D feature maps only")
+    align = {} if mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
+    return F.interpolate(out, size=size, mode=mode, **align)
+
+
+def observe_conv(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """``(N, C, *spatial)`` rows according to ``config.conv_method``."""
+    out = _tensor_output(output)
+    if out.ndim == _spatial_dims(module) + 1:  # unbatched input
+        out = out.unsqueeze(0)
+    if config.interpolation_strategy is not None:
+        out = shrink_feature_map(out, config.interpolation_strategy, config.interpolation_downsampling)
+    method = config.conv_method
+    if method == "flatten":
+        return out.flatten(1)
+    maps = out.flatten(2)  # (N, C, S), a view
+    if method == "channelwise":
+        positions = maps.shape[-1]
+        if config.max_positions is not None and positions > config.max_positions:
+            # A strided view, no copy; the random start keeps every position
+            # equally likely to be recorded over many batches.
+            step = -(-positions // config.max_positions)
+            maps = maps[:, :, _first_position(step, config.generator) :: step]
+        return maps.transpose(1, 2)  # (N, S, C): every position is a sample
+    if method == "mean":
+        return maps.mean(-1)
+    if method == "max":
+        return maps.amax(-1)
+    return maps.median(-1).values
+
+
+def _first_position(step: int, generator: torch.Generator | None) -> int:
+    """A uniform start in ``range(step)``, drawn on the CPU (no device synchronisation)."""
+    if generator is None:
+        return 0
+    return int(torch.randint(step, (), generator=generator))
+
+
+# ----------------------------------------------------------------------- recurrent
+def observe_recurrent(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """The output sequence of RNN/LSTM/GRU, never the hidden-state tuple."""
+    sequence = output[0] if isinstance(output, tuple) else output
+    last = config.timeseries_method == "last_timestep"
+    if isinstance(sequence, PackedSequence):
+        if not last:
+            return sequence.data  # every valid step, no padding
+        padded, lengths = pad_packed_sequence(sequence, batch_first=True)
+        index = (lengths - 1).to(padded.device)
+        return padded[torch.arange(padded.shape[0], device=padded.device), index]
+    sequence = _tensor_output(sequence)
+    if not last:
+        return sequence  # (T, N, F) or (N, T, F) or (T, F): all steps are samples
+    if sequence.ndim == 2:  # unbatched (T, F)
+        return sequence[-1:]
+    return sequence[:, -1] if getattr(module, "batch_first", False) else sequence[-1]
+
+
+# ----------------------------------------------------------------------- attention
+def observe_attention(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
+    """The attention output of MultiheadAttention; every token is a sample."""
+    attended = output[0] if isinstance(output, tuple) else output
+    return observe_features_last(module, attended, config)
+
+
+for _type in (nn.Linear, nn.Bilinear):
+    register_observer(_type, observe_features_last, kind="linear")
+for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register_observer(_type, observe_conv, kind="conv")
+for _type in (nn.RNN, nn.LSTM, nn.GRU):
+    register_observer(_type, observe_recurrent, kind="recurrent")
+register_observer(nn.MultiheadAttention, observe_attention, kind="attention")
+# GPT-2's projections: a Linear with transposed weights, (..., features) outputs.
+register_observer("transformers.pytorch_utils.Conv1D", observe_features_last, kind="linear")

@@ -1,0 +1,55 @@
+"""The run record, ``<savefile>.run.json``: which names are the tracker's per-layer values.
+
+Content::
+
+    {"format": 1, "layers": ["conv1", "fc"], "statistics": ["saturation"],
+     "mode_statistics": ["average-saturation"]}
+
+A run without the file (delve 0.1.x, or files written by hand) is read by the
+value-name grammar alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ...common.files import atomic_write
+from ..layout import record_path
+from ...common.naming import RunRecord
+
+__all__ = ["FORMAT_VERSION", "write_record", "read_record"]
+
+FORMAT_VERSION = 1
+
+
+def write_record(savefile: str | os.PathLike, record: RunRecord) -> None:
+    """Write the record beside the run's CSV, atomically.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> savefile = os.path.join(tempfile.mkdtemp(), "run")
+    >>> write_record(savefile, RunRecord(("fc",), ("saturation",)))
+    >>> read_record(savefile).layers
+    ('fc',)
+    """
+    content = {"format": FORMAT_VERSION, **record.to_dict()}
+    atomic_write(record_path(savefile), lambda handle: json.dump(content, handle, indent=1))
+
+
+def read_record(savefile: str | os.PathLike) -> RunRecord | None:
+    """The record of a run, ``None`` when it has none.
+
+    Raises
+    ------
+    ValueError
+        When the file exists but is not a run record.
+    """
+    path = record_path(savefile)
+    if not path.is_file():
+        return None
+    try:
+        return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError as error:
+        raise ValueError(f"{path} is not a delve run record: {error}") from error

@@ -1,0 +1,368 @@
+"""SaturationTracker: attach to a model, record its layers, compute, write, checkpoint, close.
+
+The tracker orchestrates; each step lives in its own module: validation in
+:mod:`delve.tracking.parameters`, layer discovery in :mod:`delve.capture.discovery`, the forward hooks
+in :mod:`delve.capture.hooks`, per-layer state in :mod:`delve.engine.recorder`, the merge
+over ranks in :mod:`delve.engine.sync`, the statistics in :mod:`delve.statistics.epoch`
+and the output in :mod:`delve.writers`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..common import ranks
+from .checkpoint import check_state, pack_state, pack_streams, restore_streams
+from .._compat.spellings import deprecated_alias
+from ..statistics.epoch import collect_moments, compute_statistics, describe_run
+from .parameters import PARAMETERS_DOC, TrackerConfig
+from ..capture.hooks import ForwardOrder, attach_hooks, module_device, reset_compiler_for
+from ..capture.discovery import TrackedLayer, discover_layers
+from ..common.naming import RunRecord
+from .notices import Notices
+from ..engine.recorder import LayerRecorders, ModeState
+from ..writers.registry import build_writer
+
+__all__ = ["SaturationTracker", "CheckLayerSat"]
+
+logger = logging.getLogger("delve")
+
+class SaturationTracker:
+    """Track the feature-space saturation of a network's layers during training.
+
+    Forward hooks feed every tracked layer's output into a float64 running
+    covariance, separately for training and evaluation mode (taken from
+    ``module.training`` at forward time). :meth:`add_saturations`, called once
+    per epoch, turns each covariance into the requested statistics, hands them
+    to the writers and starts the next epoch. The model is never modified;
+    :meth:`close` removes every hook.
+
+    Notes
+    -----
+    A batch holding NaN or Inf is left out whole, by every statistic of the
+    layer, and counted as ``<mode>-nonfinite-batches_<layer>``. Threads,
+    activation checkpointing, ``torch.compile`` and mixed precision are
+    handled as the usage documentation describes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from delve import SaturationTracker
+    >>> model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> with SaturationTracker("run", modules=model, nosave=True) as tracker:
+    ...     _ = model(torch.randn(64, 8))
+    ...     values = tracker.add_saturations()
+    >>> sorted(values)
+    ['train-saturation_0', 'train-saturation_2']
+    """
+
+    def __init__(
+        self,
+        savefile: str,
+        save_to: Any = "csv",
+        modules: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None = None,
+        layer_filter: Callable[[str], bool] | str | Sequence[str] | Mapping[str, Any] | None = None,
+        writer_args: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if modules is None:
+            raise ValueError("modules is required: a model, a list of modules or a dict of name -> module")
+        config = TrackerConfig.from_arguments(
+            savefile, save_to=save_to, layer_filter=layer_filter, writer_args=writer_args, **options
+        )
+        self.config = config
+        self.layers: list[TrackedLayer] = discover_layers(
+            modules, config.layer_filter, config.ignore_layer_names, config.include_conv
+        )
+        self.epoch = config.initial_epoch
+        self.rank = ranks.get_rank(config.process_group)
+        # Ranks other than write_rank build no writer at all, so they create no files.
+        self.is_writer = config.write_rank is None or self.rank == config.write_rank
+        if config.verbose:
+            _enable_console_logging()
+
+        self._settings = config.recording_settings()
+        self._recorders = LayerRecorders({layer.name: layer.observer for layer in self.layers}, self._settings)
+        self._layer_modules = {layer.name: layer.module for layer in self.layers}
+        self._forward_order = ForwardOrder()
+        self._recording = True
+        self._closed = False
+        self._notices = Notices()
+
+        writing = not config.nosave and self.is_writer
+        self.writer = build_writer(config.save_to if writing else (), config.savefile, config.writer_args)
+        self.writer.record_run(self.run_record)
+        if config.initial_epoch > 0:
+            self.writer.resume_from_saved_state(config.initial_epoch)
+        self._handles = attach_hooks(self, self._layer_modules, self._recorders, self._forward_order)
+        reset_compiler_for(modules)
+        logger.info("delve tracks %d layers: %s", len(self.layers), ", ".join(self._recorders))
+
+    def __getattr__(self, name: str) -> Any:
+        config = self.__dict__.get("config")
+        if config is not None and name in TrackerConfig.__dataclass_fields__:
+            return getattr(config, name)  # tracker.savefile, tracker.sat_threshold, ... read the config
+        if name.startswith("add_") and "writer" in self.__dict__:
+            # Other add_* calls (add_image, add_histogram, ...) go to the writers that have them.
+            forward = self.writer.forwarded(name, self.epoch)
+            if forward is not None:
+                return forward
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    # ------------------------------------------------------------- recording
+    @property
+    def stats(self) -> list[str]:
+        """The statistic keys this tracker computes, 0.1.x spellings resolved."""
+        return list(self.config.stats)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Tracked layer names, in order of their first forward pass, then the rest."""
+        seen = self._forward_order.names()
+        return seen + [name for name in self._recorders if name not in self._forward_order]
+
+    @property
+    def run_record(self) -> RunRecord:
+        """What this tracker logs: its layers and statistic names (given to every writer)."""
+        config = self.config
+        return describe_run(list(self._recorders), config.stats, config.average_sat, config.max_overhead is not None)
+
+    def cost(self) -> pd.DataFrame:
+        """The estimated cost of tracking each layer against training it, per batch.
+
+        From the shapes of each layer's first recorded forward pass, one row
+        per layer seen so far, in forward order; the columns are described at
+        :meth:`delve.budget.allocation.CostModel.frame`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+        >>> with SaturationTracker("run", modules=model, nosave=True) as tracker:
+        ...     _ = model(torch.randn(32, 16))
+        ...     table = tracker.cost()
+        >>> table[["layer", "rows", "features"]].values.tolist()
+        [['0', 32, 64], ['2', 32, 4]]
+        """
+        return self._settings.costs.frame(self.layer_names)  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        """Pause recording; hooks stay in place but ignore forward passes."""
+        self._recording = False
+
+    def resume(self) -> None:
+        """Resume recording after :meth:`stop`."""
+        if self._closed:
+            raise RuntimeError("this tracker is closed; create a new one to record again")
+        self._recording = True
+
+    def is_recording(self) -> bool:
+        """Whether forward passes are currently recorded."""
+        return self._recording
+
+    def reset(self) -> None:
+        """Empty every accumulator (done by :meth:`add_saturations` by default)."""
+        self._recorders.reset()
+
+    # ----------------------------------------------------------- computation
+    def compute_saturations(self) -> dict[str, Any]:
+        """The statistics recorded since the last reset, without logging them.
+
+        Returns ``{"<mode>-<statistic>_<layer>": value}`` in forward order
+        (floats or ints; ``cov`` and ``embed`` numpy arrays). Under
+        ``torch.distributed`` every rank must call this, or
+        :meth:`add_saturations`, at the same point: the ranks' accumulators
+        are merged and every rank gets the same values.
+        """
+        return self._compute(self._recorders.take(reset=False))
+
+    def add_saturations(self, save: bool = True) -> dict[str, Any]:
+        """Compute, log and reset: call once per epoch; returns the values logged.
+
+        Every requested statistic of every layer and mode that saw data since
+        the last reset goes to the writers under the current epoch (``save``:
+        they also write their files), then the accumulators start afresh
+        unless ``reset_covariance=False``. Each layer's state is taken in one
+        step under its lock, so a batch recorded by another thread counts in
+        exactly one epoch; if a statistic raises, the epoch's rows are put back.
+        """
+        reset = self.config.reset_covariance
+        taken = self._recorders.take(reset=reset)
+        try:
+            values = self._compute(taken)
+        except BaseException:
+            if reset:  # nothing is lost when a statistic fails: the epoch's rows go back
+                self._recorders.give_back(taken)
+            raise
+        epoch = self.epoch
+        try:
+            self.writer.write_epoch(values, epoch, save)
+        finally:
+            self.epoch += 1
+            if not reset:
+                self._recorders.restart_counters()
+        logger.info("delve epoch %d: %d values logged", epoch, len(values))
+        return values
+
+    def _devices(self) -> dict[str, torch.device]:
+        """Where each layer's state lives: ``device=``, else the layer's own device."""
+        return {name: self.config.device or module_device(module) for name, module in self._layer_modules.items()}
+
+    def _compute(self, taken: Mapping[str, Mapping[str, ModeState]]) -> dict[str, Any]:
+        """The logged values of states taken off the recorders (no hook can change them any more)."""
+        config = self.config
+        moments = collect_moments(
+            taken, self.layer_names, self._settings, config.process_group, self._devices(), config.sync_ranks
+        )
+        budgeted = config.max_overhead is not None
+        logged = compute_statistics(
+            moments, config.stats, config.sat_threshold, config.layerwise_sat, config.average_sat, budgeted
+        )
+        if self.is_writer or not config.sync_ranks:  # with merged ranks, the writing rank warns
+            costs = self._settings.costs
+            self._notices.nonfinite(logged, self.epoch)
+            self._notices.costly(costs)  # type: ignore[arg-type]
+            features = {m.layer: m.covariance.shape[0] for m in moments if m.covariance is not None}
+            self._notices.sparse(logged, features, costs)  # type: ignore[arg-type]
+        return {value.name: value.value for value in logged}
+
+    # --------------------------------------------------------------- writers
+    def add_scalar(self, name: str, value: float, **kwargs: Any) -> None:
+        """Log a user scalar (loss, accuracy...) into the current epoch's row."""
+        self.writer.add_scalar(name, _to_python(value), self.epoch, **kwargs)
+
+    def add_scalars(self, prefix: str, value_dict: Mapping[str, float], **kwargs: Any) -> None:
+        """Log several user scalars named ``prefix + key``."""
+        self.writer.add_scalars(prefix, {k: _to_python(v) for k, v in value_dict.items()}, self.epoch, **kwargs)
+
+    def save(self) -> None:
+        """Persist what the writers hold."""
+        self.writer.save()
+
+    def close(self) -> None:
+        """Remove every hook and close the writers. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._recording = False
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.writer.close()
+
+    def __enter__(self) -> SaturationTracker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A tracker that is garbage-collected must not leave hooks behind.
+        for handle in self.__dict__.get("_handles", ()):
+            handle.remove()
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this tracker exactly where it stands.
+
+        Per layer and mode: the accumulators (float64, the co-moment as its
+        upper triangle), the ``embed`` sample and the counters; plus the
+        epoch, the forward order and the tracker's random streams (see
+        :mod:`delve.tracking.checkpoint`). Tensors and plain types only: it loads with
+        ``torch.load(path, weights_only=True)``. Under ``torch.distributed``
+        each rank's state holds that rank's rows only.
+
+        Examples
+        --------
+        >>> import io, torch
+        >>> from torch import nn
+        >>> model = nn.Linear(4, 3)
+        >>> tracker = SaturationTracker("run", modules=model, nosave=True)
+        >>> _ = model(torch.randn(10, 4))
+        >>> buffer = io.BytesIO()
+        >>> torch.save(tracker.state_dict(), buffer)
+        >>> _ = buffer.seek(0)
+        >>> state = torch.load(buffer, weights_only=True)
+        >>> state["layers"]["linear"]["train"]["covariance"]["comoment_upper"].dtype
+        torch.float64
+        >>> tracker.close()
+        """
+        state = pack_state(self.epoch, self._forward_order.names(), self._recorders.state_dict())
+        return {**state, **pack_streams(self.config.observation.generator, self._settings.sampler)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`, mid-epoch or between epochs.
+
+        Layer names must match this tracker's. The state goes to ``device=``
+        (or each layer's device) whatever its ``map_location``. A fresh
+        tracker that loads a later epoch resumes its writers there, so the
+        rows already on disk are kept.
+
+        Raises
+        ------
+        ValueError
+            If the state is not a tracker state, or holds layers this tracker
+            does not track.
+        """
+        check_state(state, self._recorders)
+        epoch = int(state["epoch"])
+        if not self.writer.wrote and epoch > 0 and self.writer.resumed_at != epoch:
+            self.writer.resume_from_saved_state(epoch)
+        self.epoch = epoch
+        self._forward_order.replace([name for name in state["forward_order"] if name in self._recorders])
+        self._recorders.load_state_dict(state["layers"], self._devices())
+        restore_streams(state, self.config.observation.generator, self._settings.sampler)
+
+    def __repr__(self) -> str:
+        return (
+            f"SaturationTracker(savefile={self.config.savefile!r}, layers={len(self._recorders)}, "
+            f"stats={list(self.config.stats)}, epoch={self.epoch}, recording={self._recording})"
+        )
+
+
+def _document_parameters() -> None:
+    """Give the tracker the signature and parameter list of the config that validates its arguments.
+
+    The arguments and their defaults are stated once, in
+    :meth:`TrackerConfig.from_arguments`; ``help()``, IDEs that introspect and
+    the API documentation show them on the tracker.
+    """
+    options = inspect.signature(TrackerConfig.from_arguments).parameters
+    own = inspect.signature(SaturationTracker.__init__).parameters
+    parameters = [own["self"], *(p for name, p in own.items() if name not in ("self", "options"))]
+    positional = {name for name in own if name != "options"}
+    parameters += [p.replace(kind=p.KEYWORD_ONLY) for name, p in options.items() if name not in positional]
+    SaturationTracker.__init__.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    documented = "\n".join("    " + line if line else "" for line in PARAMETERS_DOC.strip("\n").splitlines())
+    SaturationTracker.__doc__ = (SaturationTracker.__doc__ or "").replace(
+        "\n    Notes\n", f"\n{documented}\n\n    Notes\n", 1
+    )
+
+
+_document_parameters()
+
+#: The delve 0.1.x name, kept for old scripts; it warns when used.
+CheckLayerSat = deprecated_alias(SaturationTracker, "CheckLayerSat")
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.detach().cpu().numpy()
+    return value
+
+
+def _enable_console_logging() -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

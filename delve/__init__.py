@@ -15,12 +15,21 @@ True
 
 import logging
 
-from .engine.activity import MeanAbsoluteActivity, dormant_fraction
-from ._compat.spellings import change_all_pca_layer_thresholds, change_all_pca_layer_thresholds_and_inject_random_directions
+from .capture.observation import ObservationConfig, register_observer
+from .engine.accumulator import Accumulator, Batch
+from .engine.activity import MeanAbsoluteActivity
 from .engine.covariance import EmptyCovarianceError, TorchCovarianceMatrix
+from .output.results import load_results, recompute
+from .pca import (
+    Conv2DPCALayer,
+    LinearPCALayer,
+    change_all_pca_layer_thresholds,
+    change_all_pca_layer_thresholds_and_inject_random_directions,
+)
 from .statistics.metrics import (
     covariance_trace,
     diagonal_trace,
+    dormant_fraction,
     effective_rank,
     eigenvalues,
     embed_top2,
@@ -32,9 +41,6 @@ from .statistics.metrics import (
     spectral_decay_exponent,
     spectrum,
 )
-from .capture.observation import ObservationConfig, register_observer
-from .pca.layers import Conv2DPCALayer, LinearPCALayer
-from .output.results import load_results, recompute
 from .statistics.registry import Statistic, register_statistic
 from .tracking.tracker import CheckLayerSat, SaturationTracker
 from .writers.registry import register_writer
@@ -55,6 +61,8 @@ __all__ = [
     "load_results",
     "recompute",
     "Statistic",
+    "Accumulator",
+    "Batch",
     "eigenvalues",
     "spectrum",
     "spectra",

@@ -23,8 +23,8 @@ from . import __version__
 from .output.formats.csv import write_csv
 from .output.layout import csv_path, plot_dir
 from .output.plotting import plot_results
-from .output.summary import format_summary
 from .output.results import load_results, recompute, wide
+from .output.summary import format_summary
 
 __all__ = ["main", "build_parser"]
 

@@ -1,4 +1,4 @@
 """delve 0.1.x import path of the PCA layers; they live in :mod:`delve.pca`."""
 
-from .pca.layers import *  # noqa: F403
-from .pca.layers import __all__  # noqa: F401
+from .pca import *  # noqa: F403
+from .pca import __all__  # noqa: F401

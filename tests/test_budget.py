@@ -25,7 +25,9 @@ from torch import nn
 from delve import SaturationTracker
 from delve.budget.allocation import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
 from delve.budget.cost import LayerCost, relative_cost
-from delve.engine.sample import RowSampler
+from delve.budget.row_sampler import RowSampler
+from delve.engine.accumulator import Accumulator, Batch
+from delve.engine.states import BottomK
 
 
 def test_cost_table_counts_the_work_by_hand() -> None:
@@ -282,31 +284,22 @@ def test_restoring_mid_epoch_under_a_budget_continues_exactly() -> None:
     second.close()
 
 
-class KeepRows:
+class KeepRows(Accumulator):
     """A test accumulator that keeps every row it is given: the rows the statistics rest on."""
 
     def __init__(self) -> None:
-        self.reset()
+        super().__init__()
+        self.add_state("kept", BottomK(10**6))
 
-    def update(self, rows: torch.Tensor, accepted) -> None:
-        if accepted:
-            self.rows.append(rows.reshape(-1, rows.shape[-1]).double().clone())
+    def accumulate(self, batch: Batch) -> None:
+        if batch.accepted:
+            rows = batch.rows.reshape(-1, batch.features).double().clone()
+            keys = torch.arange(batch.n, dtype=torch.float64) + (0 if self.kept is None else len(self.kept[0]))
+            self.kept = self.states.kinds["kept"].merge(self.kept, (keys, rows))
 
-    def reset(self) -> None:
-        self.rows: list[torch.Tensor] = []
-
-    def merge(self, other: KeepRows) -> KeepRows:
-        self.rows += other.rows
-        return self
-
-    def merged_across_ranks(self, num_features: int, group=None) -> KeepRows:
-        return self
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.reset()
+    @property
+    def rows(self) -> list[torch.Tensor]:
+        return [] if self.kept is None else [self.kept[1]]
 
 
 def _rank(rank: int, folder: str) -> None:
@@ -315,7 +308,7 @@ def _rank(rank: int, folder: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     try:
         if "keep" not in STATISTICS:
-            keep = Statistic("keep", "kept-rows", lambda s: len(s.extras["keep"].rows), accumulator=KeepRows)
+            keep = Statistic("keep", "kept-rows", lambda s: len(s.accumulators["keep"].rows), accumulator=KeepRows)
             register_statistic(keep)
         torch.manual_seed(0)
         layer = nn.Linear(10, 40).double()
@@ -326,7 +319,7 @@ def _rank(rank: int, folder: str) -> None:
         with torch.no_grad():
             for _ in range(5):
                 layer(torch.randn(250, 10, generator=generator, dtype=torch.float64) + rank)
-        kept = torch.cat(tracker._recorders["linear"].modes["train"].extras["keep"].rows)
+        kept = torch.cat(tracker._recorders["linear"].modes["train"].accumulators["keep"].rows)
         values = tracker.add_saturations()
         result = {"kept": kept.tolist(), "cov": values["train-covariance-matrix_linear"].tolist()}
         result["rows"] = values["train-rows_linear"]

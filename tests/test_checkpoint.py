@@ -135,23 +135,25 @@ def test_state_holds_every_accumulator_as_float64_tensors(tmp_path) -> None:
         assert set(layer) == {"train", "eval"}
         for mode, saved in layer.items():
             live = recorder.modes[mode]
-            covariance = saved["covariance"]
-            assert covariance["mean"].dtype == covariance["comoment_upper"].dtype == torch.float64
-            d = covariance["mean"].shape[0]
+            covariance = saved["accumulators"]["covariance"]
+            moments = covariance["moments"]
+            assert moments["mean"].dtype == moments["comoment_upper"].dtype == torch.float64
+            d = moments["mean"].shape[0]
             # Half the symmetric matrix: its upper triangle, row by row; small batches held back to be
             # merged together were merged before saving, so no rows travel.
-            assert covariance["comoment_upper"].shape == (d * (d + 1) // 2,)
+            assert moments["comoment_upper"].shape == (d * (d + 1) // 2,)
             assert "pending" not in covariance
-            assert int(covariance["count"]) == live.covariance.count > 0
-            assert int(covariance["rejected_batches"]) == 0
+            assert int(moments["count"]) == live.covariance.count > 0
+            assert int(covariance.get("rejected", 0)) == 0
             restored = TorchCovarianceMatrix()
             restored.load_state_dict(covariance)
             np.testing.assert_allclose(restored.fix().numpy(), live.covariance.fix().numpy(), rtol=1e-14)
             assert saved["forward_calls"] == live.forward_calls == 5
             assert saved["rows_offered"] == live.rows_offered
-            assert saved["sample"]["rows"].dtype == torch.float64
-            assert saved["sample"]["rows"].shape == (9, d)
-            assert saved["sample"]["generators"]["cpu"].dtype == torch.uint8
+            embed = saved["accumulators"]["embed"]
+            assert embed["sample"]["rows"].dtype == torch.float64
+            assert embed["sample"]["rows"].shape == (9, d)
+            assert embed["generators"]["cpu"].dtype == torch.uint8
     # Only plain types and tensors: nothing that needs pickle's full power.
     _assert_plain(state)
     tracker.close()
@@ -174,12 +176,13 @@ def test_state_is_a_snapshot(tmp_path) -> None:
     x, y = data(1, 1)[0][0]
     step(model, optimizer, x, y)
     state = tracker.state_dict()
-    before = state["layers"]["fc"]["train"]["covariance"]["comoment_upper"].clone()
-    rows = state["layers"]["fc"]["train"]["sample"]["rows"].clone()
+    before = state["layers"]["fc"]["train"]["accumulators"]["covariance"]["moments"]["comoment_upper"].clone()
+    rows = state["layers"]["fc"]["train"]["accumulators"]["embed"]["sample"]["rows"].clone()
     for _ in range(4):
         step(model, optimizer, x * 3, y)
-    assert torch.equal(state["layers"]["fc"]["train"]["covariance"]["comoment_upper"], before)
-    assert torch.equal(state["layers"]["fc"]["train"]["sample"]["rows"], rows)
+    covariance = state["layers"]["fc"]["train"]["accumulators"]["covariance"]
+    assert torch.equal(covariance["moments"]["comoment_upper"], before)
+    assert torch.equal(state["layers"]["fc"]["train"]["accumulators"]["embed"]["sample"]["rows"], rows)
     tracker.close()
 
 
@@ -275,7 +278,7 @@ def test_a_layer_state_is_about_half_a_matrix_even_with_rows_held_back() -> None
     with torch.no_grad():
         for _ in range(3):
             outputs.append(model(torch.randn(16, 32)))  # 16 rows of 256 features: held back for a block
-    saved = tracker.state_dict()["layers"]["0"]["train"]["covariance"]
+    saved = tracker.state_dict()["layers"]["0"]["train"]["accumulators"]["covariance"]
     buffer = io.BytesIO()
     torch.save(saved, buffer)
     assert buffer.tell() <= 0.55 * d * d * 8

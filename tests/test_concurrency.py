@@ -161,7 +161,7 @@ def test_every_statistic_of_a_layer_sees_the_rows_of_its_covariance(probe_statis
     probe = ForwardDuringCompute(net)
     register_statistic(Statistic("probe", "rows-in-covariance", probe))
     register_statistic(
-        Statistic("extra", "rows-in-extra", lambda s: s.extras["extra"].count, accumulator=MeanAbsoluteActivity)
+        Statistic("extra", "rows-in-extra", lambda s: s.accumulators["extra"].count, accumulator=MeanAbsoluteActivity)
     )
     tracker = SaturationTracker(
         "t", modules=net, nosave=True, stats=["probe", "extra", "embed"], embed_size=10_000, reset_covariance=False
@@ -187,7 +187,7 @@ def test_threads_recording_through_epoch_boundaries_lose_no_row(probe_statistics
     """Every row lands in exactly one epoch, in the covariance and in the extras alike."""
     net = model()
     register_statistic(
-        Statistic("extra", "rows-in-extra", lambda s: s.extras["extra"].count, accumulator=MeanAbsoluteActivity)
+        Statistic("extra", "rows-in-extra", lambda s: s.accumulators["extra"].count, accumulator=MeanAbsoluteActivity)
     )
     register_statistic(Statistic("count", "rows-in-covariance", lambda s: s.count))
     tracker = SaturationTracker("t", modules=net, nosave=True, stats=["count", "extra", "embed"], embed_size=50)
@@ -237,7 +237,7 @@ def test_a_failing_statistic_loses_no_row(probe_statistics) -> None:
 
     register_statistic(Statistic("fragile", "fragile-count", count_or_fail))
     register_statistic(
-        Statistic("extra", "rows-in-extra", lambda s: s.extras["extra"].count, accumulator=MeanAbsoluteActivity)
+        Statistic("extra", "rows-in-extra", lambda s: s.accumulators["extra"].count, accumulator=MeanAbsoluteActivity)
     )
     tracker = SaturationTracker("t", modules=net, nosave=True, stats=["fragile", "extra", "embed"], embed_size=100)
     with torch.no_grad():

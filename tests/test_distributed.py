@@ -138,12 +138,12 @@ def run_rank(rank: int, folder: str) -> None:
         # 4. an extra accumulator (mean |x| for `dorm`), one rank without rows.
         activity = MeanAbsoluteActivity()
         activity.update(activity_rows(rank))
-        out["activity"] = activity.merged_across_ranks(4).mean_abs().tolist()
+        out["activity"] = merge_across_ranks([activity])[0].mean_abs().tolist()
         out["activity_local"] = activity.mean_abs().tolist()
         empty_on_rank_1 = MeanAbsoluteActivity()
         if rank == 0:
             empty_on_rank_1.update(activity_rows(rank))
-        out["activity_one_rank"] = empty_on_rank_1.merged_across_ranks(4).mean_abs().tolist()
+        out["activity_one_rank"] = merge_across_ranks([empty_on_rank_1])[0].mean_abs().tolist()
         Path(folder, f"result{rank}.json").write_text(json.dumps(out))
     finally:
         dist.destroy_process_group()

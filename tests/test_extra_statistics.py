@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.engine.activity import MeanAbsoluteActivity, dormant_fraction
+from delve.engine.activity import MeanAbsoluteActivity
+from delve.statistics.metrics import dormant_fraction
 from delve.statistics.metrics import effective_rank, participation_ratio, spectral_decay_exponent
 from delve.statistics.registry import STATISTICS, resolve_stats
 
@@ -228,7 +229,7 @@ def test_dormant_accumulator_resets_each_epoch_and_survives_tracker_state_dict()
     buffer.seek(0)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     recorder = next(iter(fresh._recorders.values()))
-    restored = recorder.modes["train"].extras["dorm"].mean_abs()
+    restored = recorder.modes["train"].accumulators["dorm"].mean_abs()
     torch.testing.assert_close(restored, layer(x1).detach().abs().double().mean(0))
     tracker.close()
     fresh.close()

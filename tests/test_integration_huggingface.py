@@ -308,7 +308,7 @@ def test_resuming_without_a_saved_state_warns(tmp_path) -> None:
 
 def test_bad_arguments_fail_at_construction() -> None:
     with pytest.raises(ValueError, match=r"accepted keys:.*lsat"):
-        SaturationCallback(stats=["lsat", "saturation"])
+        SaturationCallback(stats=["lsat", "entropy"])
     for interval in (0, -2, 1.5, "epoch", True):
         with pytest.raises(ValueError, match="interval"):
             SaturationCallback(interval=interval)

@@ -127,7 +127,7 @@ def test_a_fit_without_validation_still_computes_every_epoch(tmp_path, ref) -> N
 
 def test_bad_arguments_fail_before_any_training(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"accepted keys:.*lsat"):
-        SaturationCallback(stats=["lsat", "saturation"])
+        SaturationCallback(stats=["lsat", "entropy"])
     with pytest.raises(ValueError, match="sat_threshold"):
         SaturationCallback(sat_threshold=1.5)
     with pytest.raises(ValueError, match="modules"):

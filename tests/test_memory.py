@@ -46,7 +46,7 @@ def test_outputs_and_their_graph_are_freed(tmp_path) -> None:
     # What the tracker keeps has no grad history.
     for recorder in tracker._recorders.values():
         state = recorder.modes["train"]
-        for tensor in (state.covariance.mean, state.covariance.fix(), state.sample.rows):
+        for tensor in (state.covariance.mean, state.covariance.fix(), state.accumulators["embed"].rows):
             assert not tensor.requires_grad and tensor.grad_fn is None
     tracker.close()
 

@@ -38,7 +38,7 @@ def rows_seen():
     statistic = Statistic(
         "seen",
         "rows-seen",
-        lambda summary: summary.extras["seen"].count,
+        lambda summary: summary.accumulators["seen"].count,
         accumulator=MeanAbsoluteActivity,
     )
     register_statistic(statistic, replace=True)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.pca.layers import (
+from delve.pca import (
     Conv2DPCALayer,
     LinearPCALayer,
     change_all_pca_layer_thresholds,

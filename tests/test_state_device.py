@@ -25,7 +25,7 @@ def state_tensors(tracker: SaturationTracker) -> Iterator[tuple[str, torch.Tenso
     """Every tensor a tracker holds as live state (not copies), with a path for messages."""
     for name, recorder in tracker._recorders.items():
         for mode, state in recorder.modes.items():
-            owners = {"covariance": state.covariance, "sample": state.sample, **state.extras}
+            owners = state.accumulators
             for owner_name, owner in owners.items():
                 if owner is None:
                     continue

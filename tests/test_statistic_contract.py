@@ -25,6 +25,7 @@ from conftest import np_cov, np_eigenvalues, np_idim, np_logdet, np_saturation
 from torch import nn
 
 from delve import SaturationTracker
+from delve.statistics.builtin import BUILTIN_KEYS
 from delve.statistics.registry import STATISTICS
 
 THRESHOLD = 0.95
@@ -78,7 +79,7 @@ REFERENCES: dict[str, Callable[[np.ndarray], object]] = {
     "alpha": lambda rows: _decay(np_eigenvalues(np_cov(rows))),
     "dorm": _dormant,
 }
-BUILT_IN = sorted(key for key, statistic in STATISTICS.items() if statistic.compute.__module__ == "delve.statistics.registry")
+BUILT_IN = sorted(BUILTIN_KEYS)
 
 
 def identity() -> nn.Module:

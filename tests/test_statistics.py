@@ -10,6 +10,9 @@ from torch import nn
 
 from delve import SaturationTracker, Statistic, register_statistic
 from delve import statistics as stats_module
+from delve.engine.accumulator import Accumulator, Batch
+from delve.engine.sample import ReservoirSample
+from delve.engine.states import Sum
 from delve.statistics.metrics import spectrum
 from delve.statistics.registry import STATISTICS, LayerSummary, resolve_stats, statistic_names
 
@@ -60,6 +63,12 @@ def test_resolve_stats_rejects_unknown(given):
         resolve_stats(given)
 
 
+def sample_of(rows: np.ndarray) -> ReservoirSample:
+    sample = ReservoirSample(size=len(rows))
+    sample.add(torch.from_numpy(rows))
+    return sample
+
+
 def test_core_statistics_on_a_summary_match_numpy():
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
@@ -70,7 +79,7 @@ def test_core_statistics_on_a_summary_match_numpy():
         mean=torch.from_numpy(rows.mean(0)),
         threshold=0.9,
         count=200,
-        sample=torch.from_numpy(rows[:10]),
+        accumulators={"embed": sample_of(rows[:10])},
     )
     values = np_eigenvalues(cov)
     k = int(np.flatnonzero(np.cumsum(values) / values.sum() >= 0.9)[0]) + 1
@@ -89,35 +98,25 @@ def test_register_statistic_rejects_underscore_names(clean_statistics):
         register_statistic(Statistic("bad", "bad_name", lambda s: 0.0))
 
 
-class RowCounter:
-    """A FeatureAccumulator that counts rows and sums the first feature."""
+class RowCounter(Accumulator):
+    """An accumulator that counts rows and sums the first feature."""
 
     def __init__(self) -> None:
-        self.reset()
+        super().__init__()
+        self.add_state("rows", Sum(torch.int64))
+        self.add_state("total", Sum(torch.float64))
 
-    def update(self, rows: torch.Tensor, accepted: bool) -> None:
-        if not accepted:
-            return
-        flat = rows.reshape(-1, rows.shape[-1])
-        self.rows += flat.shape[0]
-        self.total = self.total + flat[:, 0].double().sum()
-
-    def reset(self) -> None:
-        self.rows = 0
-        self.total = torch.zeros((), dtype=torch.float64)
-
-    def state_dict(self) -> dict:
-        return {"rows": self.rows, "total": self.total}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rows, self.total = state["rows"], state["total"]
+    def accumulate(self, batch: Batch) -> None:
+        flat = batch.rows.reshape(-1, batch.features)
+        self.add_to("rows", batch.masked(torch.tensor(flat.shape[0])))
+        self.add_to("total", batch.masked(flat[:, 0].double().sum()))
 
 
 def test_user_statistic_with_accumulator_through_the_tracker(clean_statistics):
     register_statistic(Statistic("top", "top-eigenvalue", lambda s: float(s.spectrum.values[0])))
     register_statistic(
         Statistic(
-            "m0", "first-mean", lambda s: float(s.extras["m0"].total) / s.extras["m0"].rows, accumulator=RowCounter
+            "m0", "first-mean", lambda s: float(s.accumulators["m0"].total) / int(s.accumulators["m0"].rows), accumulator=RowCounter
         )
     )
     model = nn.Sequential(nn.Linear(4, 3))

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..engine.recorder import LayerRecorder
 from ..common.torch_features import is_compiling, reset_compiler
+from ..engine.recorder import LayerRecorder
 
 logger = logging.getLogger("delve")
 

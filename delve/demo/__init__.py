@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..common.naming import value_name
 from ..output.figures import new_figure, save_figure
 from ..output.layout import plot_dir
-from ..common.naming import value_name
 from ..output.plotting import plot_results
 from ..output.results import load_results
 from ..statistics.registry import STATISTICS

@@ -10,19 +10,35 @@ the pairwise update of Chan, Golub and LeVeque::
     mean  = mean_a + delta * n_b / n
     M     = M_a + M_b + delta delta^T * n_a * n_b / n
 
-and leaves the state untouched when the batch holds NaN or Inf.
-:class:`~delve.engine.covariance.TorchCovarianceMatrix` chooses the route, slices
-large batches and owns the state's life cycle.
+and leaves the state untouched when the batch holds NaN or Inf. Because no
+raw sum of squares is ever formed, a large common offset never cancels the
+variance away (the textbook ``E[x x^T] - mean mean^T`` loses about
+``2 * log10(|mean| / std)`` digits). Only the upper block triangle of ``M``
+is accumulated: the Gram product of a centred batch is symmetric, so the
+lower blocks would be redundant work; reading mirrors it.
+:class:`~delve.engine.covariance.TorchCovarianceMatrix` holds small batches
+back, chooses each batch's route and owns the state's life cycle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .products import MAX_OFFSET_TO_STD, Route, add_gram, all_finite, centre, pairwise_weight, shifted_gram, slices
+from .products import (
+    MAX_OFFSET_TO_STD,
+    ProductPlan,
+    Route,
+    add_gram,
+    all_finite,
+    centre,
+    choose_route,
+    feature_blocks,
+    pairwise_weight,
+    shifted_gram,
+    slices,
+)
 
 __all__ = [
     "Moments",
@@ -90,12 +106,27 @@ class Moments:
         rows, columns = upper_indices(self.mean.shape[0], self.mean.device)
         return {"mean": self.mean.clone(), "comoment_upper": self.comoment[rows, columns]}
 
-    def unpack(self, state: dict[str, torch.Tensor], count: int) -> None:
-        """Restore what :meth:`packed` produced into these (zeroed) moments."""
-        self.mean.copy_(state["mean"])
-        rows, columns = upper_indices(self.mean.shape[0], self.mean.device)
-        self.comoment[rows, columns] = state["comoment_upper"].to(self.comoment)
-        self.count = count
+    @classmethod
+    def from_packed(
+        cls, mean: torch.Tensor, upper: torch.Tensor, count: int, blocks: list[tuple[int, int]]
+    ) -> Moments:
+        """Moments from a mean and the co-moment's upper triangle (row by row), as :meth:`packed` gives them."""
+        d = mean.shape[0]
+        comoment = torch.zeros(d, d, dtype=mean.dtype, device=mean.device)
+        rows, columns = upper_indices(d, mean.device)
+        comoment[rows, columns] = upper.to(comoment)
+        return cls(mean.clone(), comoment, blocks, count)
+
+    def widened(self, d: int) -> Moments:
+        """These moments with zero features appended up to ``d`` (exact for features that were always zero)."""
+        width = self.mean.shape[0]
+        if d == width:
+            return self
+        mean = torch.zeros(d, dtype=self.mean.dtype, device=self.mean.device)
+        mean[:width] = self.mean
+        comoment = torch.zeros(d, d, dtype=self.comoment.dtype, device=self.comoment.device)
+        comoment[:width, :width] = self.full_comoment()
+        return Moments(mean, comoment, feature_blocks(d), self.count)
 
 
 def upper_indices(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,10 +214,8 @@ def merge_on_cpu(moments: Moments, x: torch.Tensor, route: Route) -> bool:
     return merge_centred(moments, x, route.product_dtype)
 
 
-def merge_sliced(
-    moments: Moments, x: torch.Tensor, route: Route, route_for: Callable[[torch.Tensor], Route]
-) -> bool:
-    """A large batch merged in slices on a CPU (``route_for`` picks each slice's route).
+def merge_sliced(moments: Moments, x: torch.Tensor, route: Route, plan: ProductPlan) -> bool:
+    """A large batch merged in slices on a CPU, each slice by its own route under ``plan``.
 
     The batch is left out whole when any slice holds NaN or Inf: the state
     is restored from a snapshot, or, where the state is larger than the batch,
@@ -200,7 +229,8 @@ def merge_sliced(
     elif not bool(all_finite(x)):
         return False
     for part in slices(x, route.slice_bytes, route.product_dtype):
-        if not merge_on_cpu(moments, part, route_for(part)):
+        part_route = choose_route(plan, part.numel() // d, d, part.dtype, moments.count > 0)
+        if not merge_on_cpu(moments, part, part_route):
             if snapshot is not None:
                 moments.mean, moments.comoment, moments.count = snapshot.mean, snapshot.comoment, snapshot.count
             return False

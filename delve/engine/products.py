@@ -1,13 +1,13 @@
 """The products behind a covariance update: buffer layout, blocks, centring, and which route a batch takes.
 
-Everything here is a function of tensors; the running state and the pairwise
-merge live in :mod:`delve.engine.covariance`. :func:`choose_route` decides, from the
-batch's shape, dtypes and device alone, how a batch is multiplied, so the
-decision can be tested on its own:
+Everything here is a function of tensors; the running moments and their merge
+live in :mod:`delve.engine.moments`. :func:`choose_route` decides, from the
+batch's shape and dtype and the accumulator's :class:`ProductPlan` alone, how a
+batch is multiplied, so the decision can be tested on its own:
 
 * **centred**: the rows are copied into the product buffer, centred on their
   own mean, and multiplied; the running state absorbs the batch by the
-  pairwise update of Chan, Golub and LeVeque.
+  pairwise update (:mod:`delve.engine.moments`).
 * **shifted** (tall batches): the rows are shifted by the running mean while
   they are copied, a row of ones in the product gives the batch sum, and
   rank-one terms on the small state complete the update. It saves the
@@ -39,6 +39,7 @@ __all__ = [
     "MIN_FAST_ROWS_FRACTION",
     "MAX_OFFSET_TO_STD",
     "Route",
+    "ProductPlan",
     "choose_route",
     "decides_on_device",
     "all_finite",
@@ -113,34 +114,51 @@ def decides_on_device(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def choose_route(
-    rows: int,
-    features: int,
-    input_dtype: torch.dtype,
-    product_dtype: torch.dtype,
-    state_dtype: torch.dtype,
-    device: torch.device,
-    merged_before: bool,
-    tf32: bool = False,
-) -> Route:
-    """The route of a batch of ``rows`` x ``features`` values of ``input_dtype`` on ``device``.
+@dataclass(frozen=True)
+class ProductPlan:
+    """How an accumulator multiplies, fixed once its device and precision are known.
 
-    ``product_dtype`` is what the accumulator's precision asks for,
-    ``state_dtype`` its running state's, ``merged_before`` whether the state
-    already holds rows (the shifted route needs a running mean), ``tf32``
-    whether float32 products may use TensorFloat-32 (CUDA only).
+    Attributes
+    ----------
+    product_dtype : torch.dtype
+        What the accumulator's precision asks for in the Gram product.
+    state_dtype : torch.dtype
+        The running state's dtype.
+    device : torch.device
+        Where the state lives.
+    tf32 : bool
+        Whether float32 products may use TensorFloat-32 (CUDA only).
+    """
+
+    product_dtype: torch.dtype
+    state_dtype: torch.dtype
+    device: torch.device
+    tf32: bool = False
+
+    @property
+    def on_device(self) -> bool:
+        """Whether every decision stays on the device (see :func:`decides_on_device`)."""
+        return decides_on_device(self.device)
+
+
+def choose_route(plan: ProductPlan, rows: int, features: int, input_dtype: torch.dtype, merged_before: bool) -> Route:
+    """The route of a batch of ``rows`` x ``features`` values of ``input_dtype`` under ``plan``.
+
+    ``merged_before`` says whether the state already holds rows (the shifted
+    route needs a running mean).
 
     Examples
     --------
-    >>> cpu = torch.device("cpu")
-    >>> choose_route(16384, 64, torch.float32, torch.float32, torch.float64, cpu, True)
+    >>> plan = ProductPlan(torch.float32, torch.float64, torch.device("cpu"))
+    >>> choose_route(plan, 16384, 64, torch.float32, merged_before=True)
     Route(on_device=False, product_dtype=torch.float32, shifted=True, slice_bytes=None, tf32=False)
-    >>> choose_route(65536, 64, torch.float32, torch.float32, torch.float64, cpu, True).slice_bytes
+    >>> choose_route(plan, 65536, 64, torch.float32, merged_before=True).slice_bytes
     8388608
-    >>> choose_route(32, 1024, torch.float32, torch.float32, torch.float64, cpu, True).product_dtype
+    >>> choose_route(plan, 32, 1024, torch.float32, merged_before=True).product_dtype
     torch.float64
     """
-    on_device = decides_on_device(device)
+    on_device = plan.on_device
+    product_dtype, state_dtype = plan.product_dtype, plan.state_dtype
     limit = DEVICE_SLICE_BYTES if on_device else SLICE_BYTES
     sliced = rows * features * _itemsize(product_dtype) > limit
     if not on_device and product_dtype != state_dtype and rows * MIN_FAST_ROWS_FRACTION < features:
@@ -156,7 +174,7 @@ def choose_route(
         and rows >= SHIFTED_ROWS_PER_FEATURE * (features + 1)
         and _itemsize(input_dtype) <= _itemsize(product_dtype)
     )
-    tf32 = tf32 and product_dtype == torch.float32 and device.type == "cuda"
+    tf32 = plan.tf32 and product_dtype == torch.float32 and plan.device.type == "cuda"
     return Route(on_device, product_dtype, shifted, limit if sliced else None, tf32)
 
 

@@ -1,32 +1,33 @@
-"""Per-layer recording state: one accumulator per mode, counters and a lock.
+"""The forward hook's hot path: one layer's batch into its accumulators.
 
-This is the forward hook's hot path. Per call it does a few dictionary look-ups
-and integer comparisons in Python, builds the observation view and hands it to
-the covariance update; nothing here reads a value back from the device.
+Per recorded forward pass, in this order and each once: the observation view
+of the output (:mod:`delve.capture.observation`), the state's device, the
+epoch's ``max_samples``, the rows the budget keeps (:mod:`delve.budget`), and
+the layer's :class:`~delve.engine.layer_state.LayerState`, whose covariance
+judges the batch before its other accumulators see it. Nothing here reads a
+value back from the device.
 """
 
 from __future__ import annotations
 
 import threading
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
-from .accumulator import FeatureAccumulator
 from ..budget.allocation import CostModel
 from ..budget.cost import layer_cost, relative_cost
-from .covariance import TorchCovarianceMatrix
-from .products import to_device
+from ..budget.row_sampler import RowSampler
 from ..capture.observation import ObservationConfig, ObserverEntry, observe
-from .precision import resolve_precision, state_device
-from .sample import ReservoirSample, RowSampler
 from ..common.torch_features import autocast_enabled
+from .accumulator import Batch
+from .layer_state import LayerState, StateSpec
+from .precision import resolve_precision, state_device
+from .products import to_device
 
-__all__ = ["RecordingSettings", "ModeState", "LayerRecorder", "LayerRecorders"]
+__all__ = ["RecordingSettings", "LayerRecorder", "LayerRecorders"]
 
 
 @dataclass(frozen=True)
@@ -34,41 +35,16 @@ class RecordingSettings:
     """What every layer of one tracker records, and how."""
 
     observation: ObservationConfig
+    states: StateSpec = field(default_factory=StateSpec)
     log_interval: int = 1
     max_samples: int | None = None
-    device: torch.device | None = None
-    precision: str = "auto"
-    sample_size: int | None = None  # reservoir rows per layer and mode, None: no sample
-    seed: int = 0  # of the tracker's random streams (differs between ranks)
-    # (statistic key, factory) for statistics that accumulate more than the covariance
-    extra_accumulators: tuple[tuple[str, Callable[[], FeatureAccumulator]], ...] = ()
     # Shared by the tracker's layers: their costs, and with a budget the draw of the rows kept.
-    costs: CostModel | None = None
+    costs: CostModel = field(default_factory=CostModel)
     sampler: RowSampler | None = None
 
 
-@dataclass
-class ModeState:
-    """What one layer accumulated in one mode (``train`` or ``eval``)."""
-
-    covariance: TorchCovarianceMatrix
-    sample: ReservoirSample | None = None
-    forward_calls: int = 0
-    rows_offered: int = 0
-    extras: dict[str, FeatureAccumulator] = field(default_factory=dict)
-
-    def reset(self) -> None:
-        self.covariance.reset()
-        if self.sample is not None:
-            self.sample.reset()
-        for accumulator in self.extras.values():
-            accumulator.reset()
-        self.forward_calls = 0
-        self.rows_offered = 0
-
-
 class LayerRecorder:
-    """Feed one layer's outputs into its per-mode accumulators.
+    """Feed one layer's outputs into its per-mode states.
 
     Parameters
     ----------
@@ -84,15 +60,15 @@ class LayerRecorder:
         self.name = name
         self.settings = settings
         self.observer = observer
-        self.modes: dict[str, ModeState] = {}
+        self.modes: dict[str, LayerState] = {}
         # Hooks may run concurrently (DataParallel replicas, user threads).
         self.lock = threading.Lock()
 
-    def state(self, mode: str) -> ModeState:
+    def state(self, mode: str) -> LayerState:
         """The mode's state, created on first use."""
         state = self.modes.get(mode)
         if state is None:
-            state = self.modes[mode] = self._fresh_state(mode)
+            state = self.modes[mode] = self.settings.states.new(self.name, mode)
         return state
 
     @torch.no_grad()
@@ -112,7 +88,7 @@ class LayerRecorder:
                     return False
             rows = observe(module, output, settings.observation, self.name, self.observer).detach()
             # Every accumulator of the layer lives on the configured device (MPS: the CPU).
-            home = settings.device or state_device(rows.device)
+            home = settings.states.device or state_device(rows.device)
             if rows.device != home:
                 rows = to_device(rows, home)
             d = rows.shape[-1]
@@ -124,12 +100,13 @@ class LayerRecorder:
             rows = self._within_budget(module, output, rows, n, d, first=call == 0)
             if rows is None:
                 return True  # a batch the budget skips for this layer
+            batch = Batch(rows)
             if autocast_enabled(rows.device.type):
                 # Autocast would run the Gram product in half precision.
                 with torch.autocast(rows.device.type, enabled=False):
-                    self._accumulate(state, rows)
+                    state.accumulate(batch)
             else:
-                self._accumulate(state, rows)
+                state.accumulate(batch)
             return True
 
     def _within_budget(
@@ -144,10 +121,8 @@ class LayerRecorder:
         """
         settings = self.settings
         costs = settings.costs
-        if costs is None:
-            return rows
         if self.name not in costs:
-            exact = resolve_precision(settings.precision, rows.device) == "float64"
+            exact = resolve_precision(settings.states.precision, rows.device) == "float64"
             product = torch.float64 if exact else torch.float32
             weights = relative_cost(rows.device.type, product, rows.dtype)
             costs.note(layer_cost(self.name, module, output, n, d, weights, strided=not rows.is_contiguous()))
@@ -164,117 +139,54 @@ class LayerRecorder:
             keep = min(n, keep * period)
         return sampler.select(rows, keep)
 
-    def _accumulate(self, state: ModeState, rows: torch.Tensor) -> None:
-        # The covariance judges the batch (NaN or Inf anywhere: left out
-        # whole); every other accumulator follows its verdict, so all the
-        # statistics of a layer rest on the same rows.
-        accepted = state.covariance.update_rows(rows)
-        if state.sample is not None:
-            state.sample.add(rows, accepted)
-        for accumulator in state.extras.values():
-            accumulator.update(rows, accepted)
-
     def reset(self) -> None:
         """Forget everything recorded since the last reset, in every mode."""
         with self.lock:
             for state in self.modes.values():
                 state.reset()
 
-    def take(self, reset: bool) -> dict[str, ModeState]:
+    def take(self, reset: bool) -> dict[str, LayerState]:
         """Every mode's state as one consistent snapshot, taken under the lock.
 
-        With ``reset`` the state is moved out and empty accumulators take its
-        place in the same step, so a batch recorded by another thread meanwhile
-        lands in exactly one epoch; without it the state is copied and keeps
+        With ``reset`` the state is moved out and empty states take its place
+        in the same step, so a batch recorded by another thread meanwhile lands
+        in exactly one epoch; without it the state is copied and keeps
         accumulating. Either way nothing read later can change under the
-        reader: the covariance, the sample and the extras describe the same
-        rows.
+        reader: every accumulator of a state describes the same rows.
         """
         with self.lock:
             taken = self.modes
             if reset:
-                self.modes = {mode: self._fresh_state(mode, previous=state) for mode, state in taken.items()}
+                self.modes = {mode: state.empty_like() for mode, state in taken.items()}
                 return taken
-            return {mode: self._copy_state(mode, state) for mode, state in taken.items()}
+            return {mode: state.copy() for mode, state in taken.items()}
 
-    def give_back(self, taken: dict[str, ModeState]) -> None:
+    def give_back(self, taken: dict[str, LayerState]) -> None:
         """Undo :meth:`take` with ``reset`` (the computation failed): merge what came meanwhile."""
         with self.lock:
             for mode, state in taken.items():
                 newer = self.modes.get(mode)
                 if newer is not None:
-                    state.covariance.merge(newer.covariance)
-                    if state.sample is not None and newer.sample is not None:
-                        state.sample.merge(newer.sample)
-                    for key, accumulator in state.extras.items():
-                        accumulator.merge(newer.extras[key])
-                    state.forward_calls += newer.forward_calls
-                    state.rows_offered += newer.rows_offered
+                    state.merge(newer)
                 self.modes[mode] = state
-
-    def _fresh_state(self, mode: str, previous: ModeState | None = None) -> ModeState:
-        settings = self.settings
-        sample = None
-        if settings.sample_size:
-            # Independent keys per layer, mode and rank: ranks' samples then merge into a uniform one.
-            seed = zlib.crc32(f"{settings.seed}/{self.name}/{mode}".encode())
-            sample = ReservoirSample(settings.sample_size, seed=seed)
-            if previous is not None and previous.sample is not None:
-                # The key stream continues across epochs instead of restarting.
-                sample.share_generators(previous.sample)
-        return ModeState(
-            TorchCovarianceMatrix(device=settings.device, precision=settings.precision),
-            sample,
-            extras={key: factory() for key, factory in settings.extra_accumulators},
-        )
-
-    def _copy_state(self, mode: str, state: ModeState) -> ModeState:
-        copy = self._fresh_state(mode)
-        copy.covariance.load_state_dict(state.covariance.state_dict())
-        if state.sample is not None and copy.sample is not None:
-            copy.sample.load_state_dict(state.sample.state_dict())
-        for key, accumulator in state.extras.items():
-            copy.extras[key].load_state_dict(accumulator.state_dict())
-        copy.forward_calls, copy.rows_offered = state.forward_calls, state.rows_offered
-        return copy
-
-    def state_dict(self) -> dict:
-        """Accumulators and counters, tensors and plain Python values only."""
-        with self.lock:
-            return {
-                mode: {
-                    "covariance": state.covariance.state_dict(),
-                    "forward_calls": state.forward_calls,
-                    "rows_offered": state.rows_offered,
-                    "extras": {key: acc.state_dict() for key, acc in state.extras.items()},
-                    **({"sample": state.sample.state_dict()} if state.sample is not None else {}),
-                }
-                for mode, state in self.modes.items()
-            }
 
     def restart_counters(self) -> None:
         """A new epoch for ``log_interval`` and ``max_samples`` while the accumulators keep their rows."""
         with self.lock:
             for state in self.modes.values():
-                state.forward_calls = 0
-                state.rows_offered = 0
+                state.restart_counters()
+
+    def state_dict(self) -> dict:
+        """Every mode's state, tensors and plain Python values only."""
+        with self.lock:
+            return {mode: state.state_dict() for mode, state in self.modes.items()}
 
     def load_state_dict(self, state_dict: dict, device: torch.device | None = None) -> None:
         """Restore what :meth:`state_dict` produced; the state goes to ``device`` when given."""
-        if device is not None:
-            state_dict = _to(state_dict, device)
         with self.lock:
             self.modes.clear()
             for mode, saved in state_dict.items():
-                state = self.state(mode)
-                state.covariance.load_state_dict(saved["covariance"])
-                state.forward_calls = int(saved["forward_calls"])
-                state.rows_offered = int(saved["rows_offered"])
-                if state.sample is not None and "sample" in saved:
-                    state.sample.load_state_dict(saved["sample"])
-                for key, extra_state in saved.get("extras", {}).items():
-                    if key in state.extras:
-                        state.extras[key].load_state_dict(extra_state)
+                self.state(mode).load_state_dict(saved, device)
 
 
 class LayerRecorders(Mapping[str, LayerRecorder]):
@@ -292,11 +204,11 @@ class LayerRecorders(Mapping[str, LayerRecorder]):
     def __len__(self) -> int:
         return len(self._recorders)
 
-    def take(self, reset: bool) -> dict[str, dict[str, ModeState]]:
+    def take(self, reset: bool) -> dict[str, dict[str, LayerState]]:
         """Every layer's :meth:`LayerRecorder.take`, layer by layer."""
         return {name: recorder.take(reset) for name, recorder in self._recorders.items()}
 
-    def give_back(self, taken: Mapping[str, dict[str, ModeState]]) -> None:
+    def give_back(self, taken: Mapping[str, dict[str, LayerState]]) -> None:
         """Undo :meth:`take` with ``reset`` for every layer."""
         for name, states in taken.items():
             self._recorders[name].give_back(states)
@@ -319,17 +231,3 @@ class LayerRecorders(Mapping[str, LayerRecorder]):
         """Restore the layers in ``layers``, each onto its device."""
         for name, state in layers.items():
             self._recorders[name].load_state_dict(state, devices[name])
-
-
-def _to(state: Any, device: torch.device) -> Any:
-    """``state`` with its floating tensors on ``device``.
-
-    Counters stay where they are (they are read as Python ints, or placed
-    beside their data by the accumulator that loads them), and so do
-    generator states, which are CPU byte tensors wherever the generator is.
-    """
-    if isinstance(state, torch.Tensor):
-        return state.to(device) if state.is_floating_point() else state
-    if isinstance(state, dict):
-        return {key: _to(value, device) for key, value in state.items()}
-    return state

@@ -1,89 +1,85 @@
-"""Merge running covariances across ``torch.distributed`` ranks.
+"""Merging accumulators across ``torch.distributed`` ranks, generically over their declared state.
 
-Every rank of a data-parallel job sees a different shard of the data, so each
-rank's accumulator holds the count ``n_r``, mean ``m_r`` and centred co-moment
-``M_r`` of its own rows only. The moments of all rows together follow exactly
-from three reductions, none of which gathers a ``d x d`` matrix per rank::
+Every rank of a data-parallel job sees a different shard of the data; the
+statistics must be those of all the rows. Each piece of an accumulator's
+state knows, through its kind (:mod:`delve.engine.states`), what its ranks
+must sum and how to rebuild the merged value. This module drives every piece
+of every layer and mode in lockstep:
 
-    N = sum_r n_r                               (all_reduce of the counts)
-    m = sum_r n_r m_r / N                       (all_reduce of the sums)
-    M = sum_r [M_r + n_r (m_r - m)(m_r - m)^T]  (all_reduce of d x d, once)
+1. one all-reduce (MAX) of every piece's shape, so that a rank that saw no
+   rows for a layer contributes zeros of the right size and a mismatch is an
+   error on every rank;
+2. one all-reduce (SUM) per round of the kinds' exchanges (two rounds for
+   co-moments, one for sums and samples), whatever the number of layers, in
+   slices of at most :data:`ROUND_BYTES`. Nothing is gathered per rank.
 
-Each rank shifts its own co-moment to the global mean before the sum, so the
-communication is one ``d x d`` all-reduce per layer and mode, whatever the
-number of ranks (its upper triangle only, the matrix being symmetric).
-
-Every rank must call :func:`merge_across_ranks` with the same list of slots in
-the same order (the tracker uses its layer list and the fixed modes, never
-what a rank happened to see), because every slot takes part in the same
-collectives on every rank; a rank that saw no data for a slot contributes
-zeros. Outside a process group, or with one process, nothing is communicated.
+Every rank must call :func:`merge_across_ranks` with the same slots in the
+same order (the tracker uses its layer list and the fixed modes, never what a
+rank happened to see). Outside a process group of several ranks nothing is
+communicated and the inputs come back as they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .covariance import STATE_VERSION, TorchCovarianceMatrix
 from ..common.ranks import communication_device, get_rank, get_world_size, is_distributed
-from .recorder import ModeState
-from .sample import ReservoirSample
+from .accumulator import Accumulator
+from .layer_state import LayerState
+from .states import DESCRIPTION_WIDTH, Ranks, StateKind
 
-__all__ = [
-    "is_distributed",
-    "get_rank",
-    "get_world_size",
-    "communication_device",
-    "merge_across_ranks",
-    "merge_extras_across_ranks",
-    "merge_slots",
-    "MergedSlot",
-]
+__all__ = ["merge_across_ranks", "merge_layer_states", "ROUND_BYTES"]
 
-# Larger than any feature size; marks "this rank saw no data" in the MAX reduction.
-_NO_FEATURES = 2**62
+#: Largest buffer summed across ranks at once; a round with more is sent in slices.
+ROUND_BYTES = 64 * 2**20
+# Larger than any shape; marks "no value on this rank" in the MAX reduction of negated shapes.
+_ABSENT = 2**62
+
+A = TypeVar("A", bound=Accumulator)
 
 
 def merge_across_ranks(
-    accumulators: Sequence[TorchCovarianceMatrix | None],
+    accumulators: Sequence[A | None],
     group: Any = None,
     devices: Sequence[torch.device | None] | None = None,
-) -> list[TorchCovarianceMatrix | None]:
+    empty: Sequence[Callable[[], A]] | None = None,
+) -> list[A | None]:
     """The accumulators of all ranks, merged slot by slot.
 
     Parameters
     ----------
-    accumulators : list of TorchCovarianceMatrix or None
-        One entry per slot (layer and mode), in the same order on every rank;
-        ``None`` where this rank holds no state for the slot.
+    accumulators : list of Accumulator or None
+        One entry per slot, in the same order on every rank; ``None`` where
+        this rank holds nothing for the slot.
     group : ProcessGroup, optional
         The process group; the default group when ``None``.
     devices : list of torch.device or None, optional
-        Where a merged accumulator lives when this rank had none for the slot
-        (the layer's device); the communication device otherwise.
+        Where a merged accumulator lives when this rank had none (the layer's
+        device); else where this rank's lives.
+    empty : list of callables, optional
+        Per slot, makes the empty accumulator a rank without one contributes;
+        required when some entry is ``None`` on some rank.
 
     Returns
     -------
-    list of TorchCovarianceMatrix or None
-        New accumulators holding every rank's rows; the inputs are left
-        untouched, so a run that never resets its covariance is not counted
-        twice at the next merge. ``None`` where no rank saw data and none
-        rejected a batch. Without a process group of several ranks the input
-        list is returned as it is.
+    list of Accumulator or None
+        New accumulators holding every rank's accumulation; the inputs are
+        left untouched (a run that never resets is not counted twice at the
+        next merge). ``None`` where no rank holds anything. Without a process
+        group of several ranks the input list is returned as it is.
 
     Raises
     ------
     ValueError
-        If the ranks disagree on a slot's feature size (raised on every rank).
+        If the ranks disagree on a slot's shapes (raised on every rank).
 
     Examples
     --------
-    >>> import torch
+    >>> from delve import TorchCovarianceMatrix
     >>> acc = TorchCovarianceMatrix()
     >>> acc.update(torch.randn(8, 3))
     >>> merge_across_ranks([acc, None])[0] is acc  # a single process
@@ -91,173 +87,168 @@ def merge_across_ranks(
     """
     if not is_distributed(group):
         return list(accumulators)
-    device = communication_device(group)
     slots = len(accumulators)
-    if devices is None:
-        devices = [None] * slots
+    devices = list(devices) if devices is not None else [None] * slots
     if len(devices) != slots:
         raise ValueError(f"devices has {len(devices)} entries for {slots} accumulators")
-
-    # 1. counts, rejected batches and feature sizes of every slot: two small collectives.
-    totals = torch.zeros(slots, 2, dtype=torch.int64)
-    sizes = torch.zeros(slots, 2, dtype=torch.int64)
-    sizes[:, 1] = -_NO_FEATURES
+    local: list[Accumulator] = []
     for slot, accumulator in enumerate(accumulators):
         if accumulator is None:
-            continue
-        count = accumulator.count
-        totals[slot, 0] = count
-        totals[slot, 1] = accumulator.rejected_batches
-        if count > 0:
-            d = accumulator.num_features
-            sizes[slot, 0] = d
-            sizes[slot, 1] = -d
-    totals = totals.to(device)
-    sizes = sizes.to(device)
-    dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=group)
-    dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=group)
-    totals = totals.cpu()
-    sizes = sizes.cpu()
+            if empty is None:
+                raise ValueError(f"slot {slot} holds no accumulator on this rank and no empty one was given")
+            accumulator = empty[slot]()
+        local.append(accumulator)
+    ranks = Ranks(get_rank(group), get_world_size(group), communication_device(group))
 
-    active = []
-    for slot in range(slots):
-        if int(totals[slot, 0]) == 0:
-            continue
-        largest, smallest = int(sizes[slot, 0]), -int(sizes[slot, 1])
-        if largest != smallest:
-            raise ValueError(
-                f"slot {slot}: the ranks recorded different feature sizes ({smallest} and {largest}); "
-                "every rank must run the same model"
-            )
-        active.append((slot, largest))
-
-    # 2. the global mean of every active slot, from one all_reduce of n_r * m_r.
-    offsets = [0]
-    for _, d in active:
-        offsets.append(offsets[-1] + d)
-    sums = torch.zeros(offsets[-1], dtype=torch.float64, device=device)
-    for (slot, _), start, stop in zip(active, offsets, offsets[1:]):
-        accumulator = accumulators[slot]
-        if accumulator is not None and accumulator.count > 0:
-            sums[start:stop] = accumulator.mean.to(device, torch.float64) * accumulator.count
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-
-    # 3. each rank shifts its co-moment to the global mean; one all_reduce of its upper
-    #    triangle (half the d x d matrix) per slot.
-    merged: list[TorchCovarianceMatrix | None] = [None] * slots
-    for (slot, d), start, stop in zip(active, offsets, offsets[1:]):
-        total = int(totals[slot, 0])
-        mean = sums[start:stop] / total
-        rows, columns = torch.triu_indices(d, d, device=device)
-        accumulator = accumulators[slot]
-        if accumulator is not None and accumulator.count > 0:
-            n_r = accumulator.count
-            state = accumulator.state_dict()
-            comoment = state["comoment_upper"].to(device, torch.float64)
-            shift = state["mean"].to(device, torch.float64) - mean
-            comoment.add_(shift[rows] * shift[columns], alpha=float(n_r))
-        else:
-            comoment = torch.zeros(rows.shape[0], dtype=torch.float64, device=device)
-        dist.all_reduce(comoment, op=dist.ReduceOp.SUM, group=group)
-        merged[slot] = _accumulator_from(
-            accumulators[slot], devices[slot], device, total, int(totals[slot, 1]), mean, comoment
-        )
-
-    # Slots where every rank rejected everything still report their rejected batches.
-    for slot in range(slots):
-        if merged[slot] is None and int(totals[slot, 1]) > 0:
-            merged[slot] = _accumulator_from(
-                accumulators[slot], devices[slot], device, 0, int(totals[slot, 1]), None, None
-            )
-    return merged
-
-
-def _accumulator_from(
-    local: TorchCovarianceMatrix | None,
-    fallback_device: torch.device | None,
-    communication_device: torch.device,
-    count: int,
-    rejected: int,
-    mean: torch.Tensor | None,
-    comoment: torch.Tensor | None,
-) -> TorchCovarianceMatrix:
-    local_device = local.device if local is not None else None
-    target = local_device or fallback_device or communication_device
-    merged = TorchCovarianceMatrix(
-        device=target,
-        dtype=local.dtype if local is not None else torch.float64,
-        precision=local.precision if local is not None else "float64",
+    pieces = [(slot, name, kind, value) for slot, acc in enumerate(local) for name, kind, value in _pieces(acc)]
+    agreed = _agree_on_shapes(pieces, group, ranks.device)
+    merged_values = _run_rounds(
+        [
+            kind.sync(value, shape, ranks) if shape is not None else None
+            for (_, _, kind, value), shape in zip(pieces, agreed)
+        ],
+        group,
+        ranks.device,
     )
-    state: dict[str, torch.Tensor] = {
-        "version": torch.tensor(STATE_VERSION, dtype=torch.int64),
-        "count": torch.tensor(count, dtype=torch.int64),
-        "rejected_batches": torch.tensor(rejected, dtype=torch.int64),
-    }
-    if mean is not None and comoment is not None:
-        state["mean"] = mean.to(target)
-        state["comoment_upper"] = comoment.to(target)  # the upper triangle, row by row
-    merged.load_state_dict(state)
-    return merged
+    by_slot: list[dict[str, Any]] = [{} for _ in range(slots)]
+    for (slot, name, _, _), value in zip(pieces, merged_values):
+        by_slot[slot][name] = value
+    result: list[A | None] = []
+    for slot, accumulator in enumerate(local):
+        values = by_slot[slot]
+        if all(value is None for value in values.values()):
+            result.append(None)
+            continue
+        merged = accumulator.empty_like()
+        home = _home(accumulator, devices[slot], ranks.device)
+        kinds = merged.states.kinds
+        merged.assign({name: None if value is None else kinds[name].to(value, home) for name, value in values.items()})
+        result.append(merged)  # type: ignore[arg-type]
+    return result
 
 
-def merge_extras_across_ranks(extras: Sequence[Any], num_features: int, group: Any = None) -> list[Any]:
-    """Merge a slot's extra accumulators (see :class:`delve.statistics.registry.FeatureAccumulator`).
-
-    Every rank calls this with the same keys in the same order for a slot
-    that saw data on some rank (a rank without data passes fresh
-    accumulators); each accumulator's ``merged_across_ranks`` returns a new,
-    merged one.
-
-    Examples
-    --------
-    >>> merge_extras_across_ranks([], num_features=3)  # nothing to merge
-    []
-    """
-    if not is_distributed(group):
-        return list(extras)
-    return [extra.merged_across_ranks(num_features, group) for extra in extras]
-
-
-@dataclass(frozen=True)
-class MergedSlot:
-    """One layer and mode's accumulators over every rank."""
-
-    covariance: TorchCovarianceMatrix | None
-    extras: dict[str, Any]
-    sample: ReservoirSample | None = None
-
-
-def merge_slots(
-    states: Sequence[ModeState | None],
-    extra_factories: Sequence[tuple[str, Callable[[], Any]]],
+def merge_layer_states(
+    states: Sequence[LayerState | None],
+    empty: Sequence[Callable[[], LayerState]],
     group: Any = None,
     devices: Sequence[torch.device | None] | None = None,
-    sample_size: int | None = None,
-) -> list[MergedSlot]:
-    """Covariance, extra accumulators and ``embed`` sample of every slot (layer and mode), over all ranks.
+) -> list[LayerState | None]:
+    """Every slot's :class:`~delve.engine.layer_state.LayerState` (a layer and mode), over all ranks.
 
-    ``states`` lists the same slots in the same order on every rank (the
-    tracker's layers times the modes, whatever each rank saw), with ``None``
-    where this rank recorded nothing, so every rank joins the same
-    collectives. Outside a process group of several ranks each state is
-    returned as it is.
+    ``empty[slot]()`` makes the fresh state of a slot this rank never
+    recorded, so every rank joins the same collectives. A slot where no rank
+    accumulated anything (no rows, no rejected batch) comes back ``None``.
+    Outside a process group of several ranks each state is returned as it is.
     """
     if not is_distributed(group):
-        return [
-            MergedSlot(s.covariance, s.extras, s.sample) if s is not None else MergedSlot(None, {}) for s in states
-        ]
-    merged = merge_across_ranks([s.covariance if s is not None else None for s in states], group, devices)
-    slots = []
-    for accumulator, state in zip(merged, states):
-        extras: dict[str, Any] = {}
-        sample = None
-        # Decided from the merged (global) count, so every rank takes part.
-        if accumulator is not None and accumulator.count > 0:
-            d = accumulator.num_features
-            local = [state.extras[key] if state is not None else factory() for key, factory in extra_factories]
-            extras = dict(zip((key for key, _ in extra_factories), merge_extras_across_ranks(local, d, group)))  # type: ignore[arg-type]
-            if sample_size:
-                own = state.sample if state is not None and state.sample is not None else ReservoirSample(sample_size)
-                sample = own.merged_across_ranks(d, group)  # type: ignore[arg-type]
-        slots.append(MergedSlot(accumulator, extras, sample))
-    return slots
+        return list(states)
+    local = [state if state is not None else make() for state, make in zip(states, empty)]
+    keys = [list(state.accumulators) for state in local]
+    flat = [state.accumulators[key] for state, state_keys in zip(local, keys) for key in state_keys]
+    flat_devices = None
+    if devices is not None:
+        flat_devices = [device for device, state_keys in zip(devices, keys) for _ in state_keys]
+    merged = merge_across_ranks(flat, group, flat_devices)
+    result: list[LayerState | None] = []
+    position = 0
+    for state, state_keys in zip(local, keys):
+        accumulators = dict(zip(state_keys, merged[position : position + len(state_keys)]))
+        position += len(state_keys)
+        covariance = accumulators[state_keys[0]]
+        if covariance is None:
+            result.append(None)
+            continue
+        filled = {
+            key: acc if acc is not None else state.accumulators[key].empty_like() for key, acc in accumulators.items()
+        }
+        result.append(LayerState(state.layer, state.mode, filled, state.forward_calls, state.rows_offered))
+    return result
+
+
+def _pieces(accumulator: Accumulator) -> list[tuple[str, StateKind, Any]]:
+    values = accumulator.values()
+    return [(name, kind, values[name]) for name, kind in accumulator.states.kinds.items()]
+
+
+def _agree_on_shapes(
+    pieces: list[tuple[int, str, StateKind, Any]], group: Any, device: torch.device
+) -> list[tuple[int, ...] | None]:
+    """Every piece's shape as all ranks agree on it (``None`` where no rank holds a value)."""
+    count = len(pieces)
+    largest = torch.full((count, DESCRIPTION_WIDTH), -1, dtype=torch.int64)
+    negated_smallest = torch.full((count, DESCRIPTION_WIDTH), -_ABSENT, dtype=torch.int64)
+    for index, (_, _, kind, value) in enumerate(pieces):
+        description = kind.describe(value)
+        if description is not None:
+            padded = torch.zeros(DESCRIPTION_WIDTH, dtype=torch.int64)
+            padded[: len(description)] = torch.tensor(description, dtype=torch.int64)
+            largest[index] = padded
+            negated_smallest[index] = -padded
+    both = torch.stack([largest, negated_smallest]).to(device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    largest, smallest = both[0].cpu(), -both[1].cpu()
+    agreed: list[tuple[int, ...] | None] = []
+    for index, (slot, name, kind, _) in enumerate(pieces):
+        if int(largest[index, 0]) < 0:
+            agreed.append(None)
+            continue
+        high = tuple(int(v) for v in largest[index, : kind.described])
+        low = tuple(int(v) for v in smallest[index, : kind.described])
+        agreed.append(kind.agree(high, low, f"slot {slot}, state {name!r}"))
+    return agreed
+
+
+def _run_rounds(steps: list[Any], group: Any, device: torch.device) -> list[Any]:
+    """Drive every piece's exchange in lockstep: one summed buffer per round, returned values at the end."""
+    results: list[Any] = [None] * len(steps)
+    pending: dict[int, list[torch.Tensor]] = {}
+    for index, step in enumerate(steps):
+        if step is not None:
+            _advance(index, step, None, pending, results)
+    while pending:
+        order = sorted(pending)
+        tensors = [tensor for index in order for tensor in pending[index]]
+        sums = _summed(tensors, group, device)
+        position = 0
+        current = dict(pending)
+        pending.clear()
+        for index in order:
+            size = len(current[index])
+            _advance(index, steps[index], sums[position : position + size], pending, results)
+            position += size
+    return results
+
+
+def _advance(index: int, step: Any, sent: list[torch.Tensor] | None, pending: dict, results: list[Any]) -> None:
+    try:
+        pending[index] = step.send(sent) if sent is not None else next(step)
+    except StopIteration as done:
+        results[index] = done.value
+
+
+def _summed(tensors: list[torch.Tensor], group: Any, device: torch.device) -> list[torch.Tensor]:
+    """The sums over ranks of ``tensors`` (float64), in buffers of at most :data:`ROUND_BYTES`."""
+    flat = [tensor.reshape(-1).to(device, torch.float64) for tensor in tensors]
+    out: list[torch.Tensor] = []
+    start = 0
+    while start < len(flat):
+        stop, size = start, 0
+        while stop < len(flat) and (stop == start or (size + flat[stop].numel()) * 8 <= ROUND_BYTES):
+            size += flat[stop].numel()
+            stop += 1
+        buffer = torch.cat(flat[start:stop]) if stop - start > 1 else flat[start].clone()
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
+        out.extend(
+            piece.view_as(tensor)
+            for piece, tensor in zip(buffer.split([t.numel() for t in flat[start:stop]]), tensors[start:stop])
+        )
+        start = stop
+    return out
+
+
+def _home(accumulator: Accumulator, fallback: torch.device | None, communication: torch.device) -> torch.device:
+    """Where a merged accumulator lives: where this rank's is, else the layer's device, else the collectives'."""
+    for name, value in accumulator.values().items():
+        if value is not None:
+            return accumulator.states.kinds[name].device_of(value)
+    return getattr(accumulator, "device", None) or fallback or communication

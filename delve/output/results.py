@@ -19,16 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..common.naming import RunRecord, classify, compose_name
+from ..common.validation import check_fraction
+from ..statistics.metrics import spectra
+from ..statistics.registry import STATISTICS, LayerSummary, resolve_stats
 from .formats.csv import read_csv, write_csv
 from .formats.npy import index_values, load_array
 from .formats.record import read_record
 from .layout import csv_path
-from ..statistics.metrics import spectra
-from ..common.naming import RunRecord, classify, compose_name
 from .summary import format_summary, summary_table
-from ..statistics.registry import STATISTICS, LayerSummary, resolve_stats
 from .tables import TIDY_COLUMNS, tidy, tidy_frame, wide
-from ..common.validation import check_fraction
 
 __all__ = [
     "TIDY_COLUMNS",
@@ -172,7 +172,7 @@ def recompute(
     for (epoch, mode, layer, covariance), spectrum in zip(entries, spectra(entry[3] for entry in entries)):
         d = covariance.shape[0]
         summary = LayerSummary(
-            covariance, spectrum, torch.full((d,), float("nan"), dtype=torch.float64), threshold, count=0
+            covariance, spectrum, torch.full((d,), float("nan"), dtype=torch.float64), threshold, 0, {}
         )
         for key in keys:
             rows.append((epoch, mode, layer, STATISTICS[key].name, float(STATISTICS[key].compute(summary))))

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from ..common.torch_features import autocast_enabled
 from ..engine.covariance import TorchCovarianceMatrix
 from ..statistics.metrics import intrinsic_dimensionality, spectrum
-from ..common.torch_features import autocast_enabled
 
 __all__ = ["Eigenbasis", "CovarianceObserver", "decompose", "select_components", "random_orthonormal"]
 

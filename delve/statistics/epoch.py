@@ -1,59 +1,31 @@
-"""From accumulated moments to logged values: a pure function, one eigendecomposition per layer and mode.
+"""An epoch's values: the layers' states merged over ranks, one eigendecomposition each, every statistic.
 
-:func:`compute_statistics` knows nothing of hooks, ranks or writers: it takes
-what every layer and mode accumulated (:class:`LayerMoments`), decomposes all
-covariances at once (equal sizes batched) and asks each requested
-:class:`~delve.statistics.registry.Statistic` record for its value. Averages over
-layers and the counts of rejected batches are derived from the records too.
+:func:`merge_over_ranks` brings every layer and mode's
+:class:`~delve.engine.layer_state.LayerState` together across
+``torch.distributed`` ranks (collectives; nothing in one process).
+:func:`compute_statistics` is then a pure function of those states: it
+decomposes all covariances at once (equal sizes batched) and asks each
+requested :class:`~delve.statistics.registry.Statistic` record for its value.
+Averages over layers and the counts of rejected batches are derived from the
+records too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..engine import sync as distributed
-from .metrics import spectra
 from ..common.naming import MODES, RunRecord, compose_name
-from ..engine.recorder import ModeState, RecordingSettings
+from ..engine.layer_state import LayerState
+from ..engine.sync import merge_layer_states
+from .metrics import spectra
 from .registry import NONFINITE_BATCHES, ROWS, STATISTICS, LayerSummary
 
-__all__ = ["LayerMoments", "LoggedValue", "collect_moments", "compute_statistics", "describe_run"]
-
-
-@dataclass(frozen=True)
-class LayerMoments:
-    """What one layer accumulated in one mode since the last reset.
-
-    Attributes
-    ----------
-    layer, mode : str
-        Where it comes from.
-    count : int
-        Rows merged.
-    rejected : int
-        Batches left out for NaN or Inf.
-    covariance, mean : torch.Tensor or None
-        Population covariance ``(d, d)`` and mean ``(d,)``; ``None`` when no
-        row was merged.
-    sample : torch.Tensor or None
-        Reservoir sample of rows, when a statistic reads one.
-    extras : mapping
-        Extra accumulators, keyed by the statistic that asked for them.
-    """
-
-    layer: str
-    mode: str
-    count: int
-    rejected: int = 0
-    covariance: torch.Tensor | None = None
-    mean: torch.Tensor | None = None
-    sample: torch.Tensor | None = None
-    extras: Mapping[str, Any] = field(default_factory=dict)
+__all__ = ["LoggedValue", "merge_over_ranks", "compute_statistics", "describe_run"]
 
 
 @dataclass(frozen=True)
@@ -77,15 +49,15 @@ class LoggedValue:
         return compose_name(self.mode, self.layer, self.statistic)
 
 
-def collect_moments(
-    taken: Mapping[str, Mapping[str, ModeState]],
+def merge_over_ranks(
+    taken: Mapping[str, Mapping[str, LayerState]],
     order: Sequence[str],
-    settings: RecordingSettings,
+    empty: Callable[[str, str], LayerState],
     group: Any = None,
     devices: Mapping[str, torch.device] | None = None,
-    sync_ranks: bool = True,
-) -> list[LayerMoments]:
-    """The moments of every layer and mode from states taken off the recorders, merged over ranks.
+    sync: bool = True,
+) -> list[LayerState]:
+    """Every layer and mode's state over all ranks, in ``order``; the states nobody recorded left out.
 
     Parameters
     ----------
@@ -94,54 +66,31 @@ def collect_moments(
         on every rank).
     order : sequence of str
         The order of the result (the layers' forward order).
-    settings : RecordingSettings
-        What was recorded: the extra accumulators and the ``embed`` sample.
+    empty : callable
+        ``empty(layer, mode)`` makes the fresh state of a slot this rank
+        never recorded, so every rank joins the same collectives.
     group : ProcessGroup, optional
-        The ranks to merge (with ``sync_ranks``); nothing is communicated in
-        a single process.
+        The ranks to merge; outside a process group nothing is communicated.
     devices : mapping, optional
         Layer name -> where its merged state lives when this rank saw none.
-    sync_ranks : bool
-        Merge over the ranks of ``group``; ``False`` keeps this rank's own.
+    sync : bool
+        ``False`` keeps this rank's own states (ranks that train different models).
     """
     slots = [(name, mode) for name in taken for mode in MODES]
-    states = [taken[name].get(mode) for name, mode in slots]
-    if sync_ranks:
-        slot_devices = [devices.get(name) for name, _ in slots] if devices else None
-        merged = distributed.merge_slots(
-            states, settings.extra_accumulators, group, slot_devices, settings.sample_size
+    merged = [taken[name].get(mode) for name, mode in slots]
+    if sync:
+        merged = merge_layer_states(
+            merged,
+            [lambda name=name, mode=mode: empty(name, mode) for name, mode in slots],
+            group,
+            [devices.get(name) for name, _ in slots] if devices else None,
         )
-    else:
-        merged = [
-            distributed.MergedSlot(s.covariance, s.extras, s.sample) if s else distributed.MergedSlot(None, {})
-            for s in states
-        ]
     by_slot = dict(zip(slots, merged))
-    moments = []
-    for name in order:
-        for mode in MODES:
-            slot = by_slot[(name, mode)]
-            accumulator = slot.covariance
-            if accumulator is None:
-                continue
-            count = accumulator.count
-            moments.append(
-                LayerMoments(
-                    layer=name,
-                    mode=mode,
-                    count=count,
-                    rejected=accumulator.rejected_batches,
-                    covariance=accumulator.fix() if count else None,
-                    mean=accumulator.mean if count else None,
-                    sample=slot.sample.rows if slot.sample is not None else None,
-                    extras=slot.extras,
-                )
-            )
-    return moments
+    return [by_slot[(name, mode)] for name in order for mode in MODES if by_slot.get((name, mode)) is not None]
 
 
 def compute_statistics(
-    moments: Sequence[LayerMoments],
+    states: Sequence[LayerState],
     keys: Sequence[str],
     threshold: float,
     layerwise: bool = True,
@@ -152,7 +101,7 @@ def compute_statistics(
 
     Parameters
     ----------
-    moments : sequence of LayerMoments
+    states : sequence of LayerState
         In the order values are to be logged (the layers' forward order).
     keys : sequence of str
         Statistic keys of :data:`~delve.statistics.registry.STATISTICS`.
@@ -174,46 +123,48 @@ def compute_statistics(
 
     Examples
     --------
-    >>> moments = LayerMoments("fc", "train", 10, covariance=torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)),
-    ...                        mean=torch.zeros(2, dtype=torch.float64))
-    >>> [(v.name, v.value) for v in compute_statistics([moments], ["lsat", "idim"], threshold=0.7)]
+    >>> from delve.engine.layer_state import StateSpec
+    >>> state = StateSpec().new("fc", "train")
+    >>> state.covariance.update(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5], [0.0, -0.5]]))
+    >>> [(v.name, v.value) for v in compute_statistics([state], ["lsat", "idim"], threshold=0.7)]
     [('train-saturation_fc', 0.5), ('train-intrinsic-dimensionality_fc', 1)]
     """
     statistics = [STATISTICS[key] for key in keys]
-    filled = [m for m in moments if m.count > 0 and m.covariance is not None]
+    filled = [state for state in states if state.covariance.count > 0]
+    covariances = [state.covariance.fix() for state in filled]
     needs_vectors = any(statistic.needs_vectors for statistic in statistics)
-    decompositions = spectra([m.covariance for m in filled], vectors=needs_vectors)  # type: ignore[misc]
+    decompositions = spectra(covariances, vectors=needs_vectors)
 
     values: list[LoggedValue] = []
     averaged: dict[tuple[str, str], list[float]] = {}
-    for layer, spectrum in zip(filled, decompositions):
+    for state, covariance, spectrum in zip(filled, covariances, decompositions):
         summary = LayerSummary(
-            covariance=layer.covariance,  # type: ignore[arg-type]
+            covariance=covariance,
             spectrum=spectrum,
-            mean=layer.mean,  # type: ignore[arg-type]
+            mean=state.covariance.mean,
             threshold=threshold,
-            count=layer.count,
-            sample=layer.sample,
-            extras=dict(layer.extras),
+            count=state.covariance.count,
+            accumulators=state.accumulators,
         )
         for statistic in statistics:
             value = statistic.compute(summary)
             if statistic.averaged:
-                averaged.setdefault((layer.mode, statistic.average_name), []).append(value)
+                averaged.setdefault((state.mode, statistic.average_name), []).append(value)
                 if not layerwise:
                     continue
-            values.append(LoggedValue(layer.mode, layer.layer, statistic.name, value))
+            values.append(LoggedValue(state.mode, state.layer, statistic.name, value))
         if rows:
-            values.append(LoggedValue(layer.mode, layer.layer, ROWS, layer.count))
+            values.append(LoggedValue(state.mode, state.layer, ROWS, summary.count))
     if average:
         for mode in MODES:
             for statistic in statistics:
                 per_layer = averaged.get((mode, statistic.average_name))
                 if per_layer:
                     values.append(LoggedValue(mode, None, statistic.average_name, float(np.mean(per_layer))))
-    for layer in moments:
-        if layer.rejected:
-            values.append(LoggedValue(layer.mode, layer.layer, NONFINITE_BATCHES, layer.rejected))
+    for state in states:
+        rejected = state.covariance.rejected_batches
+        if rejected:
+            values.append(LoggedValue(state.mode, state.layer, NONFINITE_BATCHES, rejected))
     return values
 
 

@@ -15,7 +15,8 @@ reset, eigenvalues ``l_1 >= ... >= l_d`` with negatives clipped to 0):
   ``d * eps * l_1`` counts as zero.
 
 Every function takes the spectrum sorted in *descending* order, as returned by
-:func:`eigenvalues`, so a caller decomposes each matrix once and shares it.
+:func:`eigenvalues`, so a caller decomposes each matrix once and shares it;
+:func:`dormant_fraction`, of the units' mean ``|x|``, is the one exception.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..common.validation import check_fraction, check_optional_int
+from ..common.validation import check_fraction, check_number, check_optional_int
 
 __all__ = [
     "Spectrum",
@@ -42,6 +43,8 @@ __all__ = [
     "effective_rank",
     "participation_ratio",
     "spectral_decay_exponent",
+    "dormant_fraction",
+    "DEFAULT_DORMANT_TAU",
 ]
 
 
@@ -361,3 +364,45 @@ def spectral_decay_exponent(values: torch.Tensor, top: int | None = None) -> flo
     centred_rank = log_rank - log_rank.mean()
     slope = (centred_rank * (log_value - log_value.mean())).sum() / (centred_rank * centred_rank).sum()
     return float(-slope)
+
+
+#: The dormancy threshold of Sokar et al.'s experiments (``dorm``).
+DEFAULT_DORMANT_TAU = 0.025
+
+
+def dormant_fraction(mean_abs: torch.Tensor, tau: float = DEFAULT_DORMANT_TAU) -> float:
+    """Fraction of tau-dormant units (Sokar et al. 2023).
+
+    Unit ``i`` is dormant when ``m_i <= tau * (1/d) sum_k m_k``, with ``m_i``
+    its mean absolute activation: the score ``s_i = m_i / mean(m)`` is at most
+    ``tau``. Reference: G. Sokar, R. Agarwal, P. S. Castro and U. Evci, "The
+    dormant neuron phenomenon in deep reinforcement learning", ICML 2023.
+
+    Parameters
+    ----------
+    mean_abs : torch.Tensor
+        ``(d,)`` mean ``|activation|`` per unit.
+    tau : float
+        Dormancy threshold on the score, ``>= 0`` (0.025 in the paper's
+        experiments; ``tau = 0`` counts only units that never fire).
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``. A dead layer (every ``m_i = 0``) is entirely dormant:
+        ``1.0`` (each unit satisfies ``0 <= tau * 0``). ``0.0`` for ``d = 0``.
+
+    Examples
+    --------
+    >>> dormant_fraction(torch.tensor([1.0, 1.0, 0.02, 0.0]))  # mean 0.505, limit 0.012625
+    0.25
+    >>> dormant_fraction(torch.zeros(3))
+    1.0
+    """
+    tau = check_number("tau", tau, minimum=0)
+    mean_abs = mean_abs.to(torch.float64)
+    d = mean_abs.shape[-1]
+    if d == 0:
+        return 0.0
+    limit = tau * mean_abs.mean()
+    return float(torch.count_nonzero(mean_abs <= limit)) / d

@@ -1,38 +1,31 @@
-"""The statistics a tracker can log: one :class:`Statistic` record each, keyed as in ``stats=[...]``.
+"""The statistic registry: one :class:`Statistic` record per statistic, keyed as in ``stats=[...]``.
 
 A record carries everything about its statistic: the key and logged name, the
 function that computes it from a :class:`LayerSummary` (the covariance, its one
 shared eigendecomposition and whatever else was accumulated), its bounds,
-whether it is averaged over layers, whether higher is better, and the extra
-accumulator it needs with that accumulator's merge across ranks. Everything
-else (averages, plot axes, recomputation from saved covariances, TensorBoard
-sections, the tables below) is derived from the registry :data:`STATISTICS`,
+whether it is averaged over layers, whether higher is better, and the
+accumulator it needs beyond the covariance (:mod:`delve.engine.accumulator`).
+Everything else (averages, plot axes, recomputation from saved covariances,
+TensorBoard sections, tables) is derived from the registry :data:`STATISTICS`,
 so a statistic registered with :func:`register_statistic` appears in every
-writer. The logged name of a value is ``<mode>-<statistic name>_<layer>``
-(see :mod:`delve.common.naming`).
-
-The table of built-in statistics (derived from the registry when the module
-is imported):
-
+writer. The built-in records are in :mod:`delve.statistics.builtin`. The
+logged name of a value is ``<mode>-<statistic name>_<layer>`` (see
+:mod:`delve.common.naming`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import metrics
-from ..engine.accumulator import FeatureAccumulator
-from ..engine.activity import DEFAULT_DORMANT_TAU, MeanAbsoluteActivity, dormant_fraction
 from .._compat.spellings import strip_mode_suffix
+from ..engine.accumulator import Accumulator, check_accumulator_class
 from .metrics import Spectrum
 
 __all__ = [
-    "FeatureAccumulator",
     "LayerSummary",
     "Statistic",
     "STATISTICS",
@@ -40,6 +33,7 @@ __all__ = [
     "ROWS",
     "register_statistic",
     "resolve_stats",
+    "statistic_key",
     "statistic_names",
     "by_name",
     "statistics_table",
@@ -51,9 +45,9 @@ NONFINITE_BATCHES = "nonfinite-batches"
 ROWS = "rows"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerSummary:
-    """Everything known about one layer and mode at the end of an epoch.
+    """Everything known about one layer and mode at the end of an epoch: what a statistic computes from.
 
     Attributes
     ----------
@@ -67,10 +61,9 @@ class LayerSummary:
         The tracker's ``sat_threshold``.
     count : int
         Number of observation rows behind the covariance.
-    sample : torch.Tensor or None
-        Reservoir sample of observation rows, when ``embed`` is tracked.
-    extras : dict
-        Further per-layer accumulations, keyed by the statistic that asked.
+    accumulators : mapping of str -> Accumulator
+        The layer's accumulators, keyed by the statistic that asked for each
+        (the covariance under ``"covariance"``).
     """
 
     covariance: torch.Tensor
@@ -78,8 +71,7 @@ class LayerSummary:
     mean: torch.Tensor
     threshold: float
     count: int
-    sample: torch.Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    accumulators: Mapping[str, Accumulator]
 
     @property
     def num_features(self) -> int:
@@ -110,13 +102,12 @@ class Statistic:
         Which direction is good news, where one is (``None``: neither).
     needs_vectors : bool
         Whether it needs eigenvectors (``eigh`` instead of ``eigvalsh``).
-    needs_sample : bool
-        Whether it reads the reservoir sample of rows (``summary.sample``).
     scalar : bool
         ``False`` for arrays, which only array-capable writers store.
-    accumulator : callable, optional
-        Factory of a :class:`FeatureAccumulator` fed on every recorded batch;
-        the statistic finds it as ``summary.extras[key]``.
+    accumulator : type, optional
+        An :class:`~delve.engine.accumulator.Accumulator` subclass fed with
+        every recorded batch of every layer; the statistic finds it as
+        ``summary.accumulators[key]``.
 
     Examples
     --------
@@ -133,9 +124,8 @@ class Statistic:
     averaged: bool = False
     higher_is_better: bool | None = None
     needs_vectors: bool = False
-    needs_sample: bool = False
     scalar: bool = True
-    accumulator: Callable[[], FeatureAccumulator] | None = None
+    accumulator: type[Accumulator] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key or self.key.endswith("_eval"):
@@ -144,6 +134,10 @@ class Statistic:
             raise ValueError(f"statistic names must be non-empty and may not contain '_': {self.name!r}")
         if not callable(self.compute):
             raise ValueError(f"compute of statistic {self.key!r} must be callable")
+        if self.accumulator is not None:
+            check_accumulator_class(self.accumulator, f"statistic {self.key!r}")
+            if self.key == "covariance":
+                raise ValueError("the key 'covariance' names every layer's covariance accumulator; choose another")
 
     @property
     def bounded(self) -> bool:
@@ -158,19 +152,7 @@ class Statistic:
     @property
     def from_covariance(self) -> bool:
         """Whether a saved covariance matrix is all it needs (it can be recomputed later)."""
-        return self.scalar and self.accumulator is None and not self.needs_sample
-
-
-def _embed(summary: LayerSummary) -> np.ndarray:
-    if summary.sample is None or summary.spectrum.vectors is None:
-        return np.empty((0, 2))
-    coords = metrics.embed_top2(summary.sample, summary.mean, summary.spectrum.vectors)
-    return coords.cpu().numpy()
-
-
-def _dormant(summary: LayerSummary) -> float:
-    activity = summary.extras["dorm"]
-    return dormant_fraction(activity.mean_abs(), DEFAULT_DORMANT_TAU)
+        return self.scalar and self.accumulator is None
 
 
 STATISTICS: dict[str, Statistic] = {}
@@ -231,122 +213,47 @@ def by_name(name: str) -> Statistic | None:
     return None
 
 
-for _statistic in (
-    Statistic(
-        "lsat",
-        "saturation",
-        lambda s: metrics.saturation(s.spectrum.values, s.threshold),
-        "k / d, in [0, 1]",
-        bounds=(0.0, 1.0),
-        averaged=True,
-    ),
-    Statistic(
-        "idim",
-        "intrinsic-dimensionality",
-        lambda s: metrics.intrinsic_dimensionality(s.spectrum.values, s.threshold),
-        "k: the fewest eigen-directions holding ``sat_threshold`` (0.99) of the variance",
-        bounds=(0.0, None),
-    ),
-    Statistic(
-        "cov",
-        "covariance-matrix",
-        lambda s: s.covariance.cpu().numpy(),
-        "Q itself (array; ``npy`` writer)",
-        scalar=False,
-    ),
-    Statistic(
-        "det",
-        "covariance-log-determinant",
-        lambda s: metrics.log_determinant(s.spectrum.values),
-        "natural log of det(Q)",
-    ),
-    Statistic(
-        "trc",
-        "covariance-trace",
-        lambda s: metrics.covariance_trace(s.covariance),
-        "sum of the diagonal of Q",
-        bounds=(0.0, None),
-    ),
-    Statistic(
-        "dtrc",
-        "diagonal-trace",
-        lambda s: metrics.diagonal_trace(s.spectrum.values),
-        "sum of the eigenvalues of Q",
-        bounds=(0.0, None),
-    ),
-    Statistic(
-        "embed",
-        "embedded-sample",
-        _embed,
-        "sampled outputs on the top two eigenvectors (array)",
-        needs_vectors=True,
-        needs_sample=True,
-        scalar=False,
-    ),
-    Statistic(
-        "erank",
-        "effective-rank",
-        lambda s: metrics.effective_rank(s.spectrum.values),
-        "exp of the entropy of the normalised eigenvalues",
-        bounds=(0.0, None),
-    ),
-    Statistic(
-        "pr",
-        "participation-ratio",
-        lambda s: metrics.participation_ratio(s.spectrum.values),
-        "(sum of eigenvalues)² / sum of their squares",
-        bounds=(0.0, None),
-    ),
-    Statistic(
-        "alpha",
-        "spectral-decay",
-        lambda s: metrics.spectral_decay_exponent(s.spectrum.values),
-        "power-law decay exponent of the eigenvalues",
-    ),
-    Statistic(
-        "dorm",
-        "dormant-fraction",
-        _dormant,
-        "share of units with near-zero mean output",
-        bounds=(0.0, 1.0),
-        higher_is_better=False,
-        accumulator=MeanAbsoluteActivity,
-    ),
-):
-    register_statistic(_statistic)
-
-
 def resolve_stats(stats: str | Iterable[str]) -> list[str]:
-    """Validate ``stats=`` and map 0.1.x spellings (``lsat_eval``) to keys.
+    """Validate ``stats=``: keys or logged names (``lsat`` or ``saturation``), 0.1.x spellings too.
 
-    Both modes are always recorded, so a ``<key>_eval`` entry means the same as
-    ``<key>``. Order is kept and duplicates dropped.
+    Both modes are always recorded, so a ``<key>_eval`` entry of delve 0.1.x
+    means the same as ``<key>``. Order is kept and duplicates dropped.
 
     Examples
     --------
-    >>> resolve_stats(["lsat", "lsat_eval", "idim"])
+    >>> resolve_stats(["lsat", "lsat_eval", "intrinsic-dimensionality"])
     ['lsat', 'idim']
     """
     if isinstance(stats, str):
         stats = [stats]
     resolved: list[str] = []
     for entry in stats:
-        if not isinstance(entry, str):
-            raise ValueError(
-                f"stats entries must be strings, got {entry!r}; accepted keys: {', '.join(sorted(STATISTICS))}"
-            )
-        key = strip_mode_suffix(entry)
-        if key not in STATISTICS:
-            accepted = ", ".join(sorted(STATISTICS))
-            raise ValueError(
-                f"unknown statistic {entry!r}; accepted keys: {accepted} "
-                "(each may carry the 0.1.x suffix '_eval')"
-            )
+        key = statistic_key(entry)
         if key not in resolved:
             resolved.append(key)
     if not resolved:
         raise ValueError("stats is empty; give at least one of: " + ", ".join(sorted(STATISTICS)))
     return resolved
+
+
+def statistic_key(entry: object) -> str:
+    """The key of a statistic named by its key, its logged name or a 0.1.x spelling; ``ValueError`` otherwise.
+
+    Examples
+    --------
+    >>> statistic_key("saturation"), statistic_key("idim_eval")
+    ('lsat', 'idim')
+    """
+    if isinstance(entry, str):
+        key = strip_mode_suffix(entry)
+        if key in STATISTICS:
+            return key
+        statistic = by_name(key)
+        if statistic is not None and statistic.name == key:
+            return statistic.key
+    keys = ", ".join(sorted(STATISTICS))
+    names = ", ".join(sorted(s.name for s in STATISTICS.values()))
+    raise ValueError(f"unknown statistic {entry!r}; accepted keys: {keys}; or their logged names: {names}")
 
 
 def statistic_names(keys: Iterable[str]) -> Mapping[str, str]:
@@ -377,4 +284,3 @@ def statistics_table() -> str:
     return "\n".join([rule, lines[0], rule, *lines[1:], rule])
 
 
-__doc__ = (__doc__ or "") + statistics_table() + "\n"

@@ -3,12 +3,16 @@
 A tracker state is a dict of tensors, ints, strings, lists and dicts only, so
 it loads with ``torch.load(path, weights_only=True)``::
 
-    {"format": 1, "epoch": 3, "forward_order": ["conv1", ...],
-     "layers": {"conv1": {"train": {"covariance": {...}, "extras": {...}, ...}}},
+    {"format": 2, "epoch": 3, "forward_order": ["conv1", ...],
+     "layers": {"conv1": {"train": {"accumulators": {"covariance": {...}, "dorm": {...}},
+                                    "forward_calls": 12, "rows_offered": 3072}}},
      "positions_generator": <uint8 tensor>,     # only with max_positions
      "row_sampler": {"cpu": <uint8 tensor>, "batches": <uint8 tensor>}}  # only with max_overhead
 
-Each accumulator versions its own part (see :data:`delve.engine.covariance.MIGRATIONS`).
+Each accumulator versions its own part (``Accumulator.state_version`` and
+``migrations``, :mod:`delve.engine.accumulator`). Format 1 kept each layer's
+covariance, its statistics' accumulators (``extras``) and the ``embed`` sample
+under keys of their own; it still loads (:mod:`delve.engine.layer_state`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 __all__ = ["FORMAT", "pack_state", "check_state", "pack_streams", "restore_streams"]
 
 #: Bump when the tracker state's outer layout changes.
-FORMAT = 1
+FORMAT = 2
 _REQUIRED = ("epoch", "layers", "forward_order")
 
 

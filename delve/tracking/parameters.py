@@ -1,145 +1,114 @@
-"""Everything a :class:`~delve.SaturationTracker` is told at construction, validated once.
+"""The tracker's parameters, each declared once: its default, its check and its documentation, side by side.
 
-:class:`TrackerConfig` is frozen: it is checked in full before the tracker
-touches the model, so a bad argument raises a :class:`ValueError` naming the
-accepted values before any hook exists, and nothing changes it afterwards.
+:class:`TrackerConfig` is that declaration: one dataclass field per argument
+of :class:`~delve.SaturationTracker`, in the order of delve 0.1.x's
+signature, with :func:`option` holding the check and the text. Everything
+else is derived from the fields: the tracker's signature (its
+``__signature__``), the *Parameters* section of its docstring, the
+validation in :meth:`TrackerConfig.from_arguments`, and the callbacks'
+checks in :mod:`delve.integrations`. The config is frozen and checked in full
+before the tracker touches the model, so a bad argument raises a
+:class:`ValueError` naming the accepted values before any hook exists.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 import torch
 
-from ..common import ranks
-from ..budget.allocation import CostModel
 from .._compat.spellings import split_positional_writer_args
-from ..capture.observation import ObservationConfig
+from ..budget.allocation import CostModel
+from ..budget.row_sampler import RowSampler
+from ..capture.observation import CONV_METHODS, TIMESERIES_METHODS, ObservationConfig
+from ..common import ranks
+from ..common.validation import (
+    check_choice,
+    check_device,
+    check_fraction,
+    check_int,
+    check_optional_int,
+    check_positive,
+)
+from ..engine.layer_state import StateSpec
 from ..engine.precision import PRECISIONS
 from ..engine.recorder import RecordingSettings
-from ..engine.sample import RowSampler
 from ..statistics.registry import STATISTICS, resolve_stats
-from ..common.validation import check_choice, check_device, check_fraction, check_int, check_optional_int, check_positive
 from ..writers.registry import check_save_to
 
-__all__ = ["TrackerConfig", "DEFAULT_EMBED_SIZE", "PARAMETERS_DOC"]
+__all__ = ["TrackerConfig", "option"]
 
-DEFAULT_EMBED_SIZE = 500
+Check = Callable[[str, Any], Any]
 
-#: The tracker's arguments, documented once beside their validation; part of
-#: :class:`~delve.SaturationTracker`'s docstring.
-PARAMETERS_DOC = """
-Parameters
-----------
-savefile : str
-    Path prefix of everything written, e.g. ``"runs/vgg"`` gives
-    ``runs/vgg.csv``.
-save_to : str, AbstractWriter or list of them
-    Writer keys (``"csv"``, ...) and/or writer instances.
-modules : nn.Module, list of nn.Module or dict of str -> nn.Module
-    What to track. A model is searched recursively for Linear, Conv1d/2d/3d,
-    ConvTranspose1d/2d/3d, RNN, LSTM, GRU and MultiheadAttention layers.
-layer_filter : callable, str or list of str, optional
-    Keep only matching layers: a predicate on the layer name, or names /
-    globs of submodules (``"features.*"``).
-writer_args : dict, optional
-    Keyword arguments for writers built from keys.
-log_interval : int
-    Record every ``log_interval``-th forward pass of each layer and mode.
-max_samples : int, optional
-    Stop recording a layer and mode after this many observation rows per
-    epoch.
-stats : list of str
-    Statistic keys of :mod:`delve.statistics.registry` (``lsat``, ``idim`` and the
-    others listed there; user statistics once registered); 0.1.x spellings
-    such as ``lsat_eval`` are accepted.
-layerwise_sat : bool
-    Log per-layer values of averaged statistics (saturation); ``False`` with
-    ``average_sat=True`` logs only their average.
-reset_covariance : bool
-    Start every epoch from empty accumulators (default). ``False`` keeps
-    accumulating over the whole run.
-average_sat : bool
-    Also log ``<mode>-average-<name>`` of every averaged statistic
-    (``train-average-saturation``), the mean over layers.
-ignore_layer_names : str or list of str
-    Names or globs of layers to leave out.
-include_conv : bool
-    ``False`` leaves convolutions out.
-conv_method : str
-    ``channelwise`` (every position is a sample), ``mean``, ``max``,
-    ``median`` (pooled over space) or ``flatten``.
-timeseries_method : str
-    ``last_timestep`` or ``timestepwise`` for RNN/LSTM/GRU outputs.
-sat_threshold : float
-    Fraction of variance, in (0, 1], that the intrinsic dimensionality
-    explains.
-nosave : bool
-    Write nothing at all; :meth:`add_saturations` still returns values.
-verbose : bool
-    Log progress to the ``delve`` logger at INFO level (and attach a
-    console handler if it has none).
-device : str or torch.device, optional
-    Where accumulators live. ``None`` keeps them on each layer's output
-    device, so nothing is copied.
-initial_epoch : int
-    Epoch of the first :meth:`add_saturations`; writers resume from it.
-interpolation_strategy : str, optional
-    Shrink feature maps larger than ``interpolation_downsampling`` with
-    this interpolation mode before recording.
-interpolation_downsampling : int
-    Largest spatial side kept when ``interpolation_strategy`` is set.
-precision : {"auto", "float64", "float32", "tf32"}
-    Precision of each batch's Gram product; the running state is always
-    float64. ``"auto"`` (default): float64 on CPUs and on GPUs with a fast
-    float64 path (compute capability 8.0, 9.0, 10.0), float32 elsewhere; the
-    choice is said once. With ``max_overhead``, ``"auto"`` means float32
-    everywhere: the sampling error of a subset of rows dwarfs float32's, and
-    cheaper products buy more rows within the budget. ``"float32"`` is faster where float64 is slow, at a
-    relative error below 1e-6 (docs/performance.rst); ``"tf32"`` also lets
-    CUDA (Ampere and later) use TensorFloat-32 products, with a larger error
-    (same page). On a CPU, products of fewer than ``d / 8`` rows are float64
-    anyway: there they cost less. A layer on Apple's MPS (no float64) keeps
-    its state on the CPU, with a one-time notice.
-embed_size : int
-    Rows kept per layer and mode for the ``embed`` statistic.
-write_rank : int or None
-    Under ``torch.distributed``, the rank whose writers write (default 0);
-    the other ranks build no writer and create no file. ``None`` lets
-    every rank write (give each its own ``savefile``). Every rank returns
-    the same values from :meth:`add_saturations`.
-process_group : ProcessGroup, optional
-    The group whose ranks are merged; the default group when ``None``.
-sync_ranks : bool
-    Merge the accumulators of all ranks at :meth:`add_saturations`
-    (default). ``False`` keeps every rank's statistics to itself, for
-    ranks that train different models.
-max_overhead : float or None
-    A cost budget: each layer records a random subset of its rows (samples,
-    tokens, positions) per batch, sized so that the estimated tracking work
-    stays within this share of the tracked layers' training work (``0.05``:
-    5 %), spread so that layers get similar rows per feature. ``None``
-    (default) records every row. The rows merged are logged as
-    ``<mode>-rows_<layer>``; see :meth:`cost` and the performance docs.
-max_positions : int or None
-    With ``conv_method="channelwise"``, record at most about this many
-    spatial positions per feature map and batch: every ``k``-th position
-    from a random start (a view, no copy). Cuts the cost of large maps
-    roughly by ``k``; neighbouring positions are strongly correlated, so
-    the statistics barely move (measured in ``docs/performance.rst``).
-    ``None`` (default) records every position.
-"""
+
+def option(default: Any, doc: str, check: Check | None = None, shown: str = "") -> Any:
+    """A tracker parameter: its default, its documentation and its check, as one dataclass field.
+
+    Parameters
+    ----------
+    default : object
+        The value when the argument is not given.
+    doc : str
+        What it means (reStructuredText, one paragraph per blank line).
+    check : callable, optional
+        ``check(name, value) -> value``: raises ``ValueError`` naming the
+        accepted values, returns the value in its canonical form.
+    shown : str
+        The type as the documentation shows it (``"int"``).
+    """
+    return field(default=default, metadata={"doc": doc, "check": check, "shown": shown}, compare=False)
+
+
+def _as_str(name: str, value: Any) -> str:
+    return str(value)
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    return bool(value)
+
+
+def _writer_args(name: str, value: Any) -> dict[str, Any]:
+    if value is not None and not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a dict of keyword arguments, got {type(value).__name__}")
+    return dict(value or {})
+
+
+def _stats(name: str, value: Any) -> tuple[str, ...]:
+    return tuple(resolve_stats(value))
+
+
+def _save_to(name: str, value: Any) -> tuple[Any, ...]:
+    return tuple(check_save_to(value))
+
+
+def _interpolation(name: str, value: Any) -> str | None:
+    return value  # checked with the other observation settings (ObservationConfig)
+
+
+def _overhead(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    value = check_positive(name, value)
+    if value > 1:
+        raise ValueError(
+            f"{name} is a fraction of the training work (0.05 means 5 %), at most 1; got {value:g}: "
+            f"did you mean {name}={value / 100:g}?"
+        )
+    return value
 
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """The tracker's settings, validated. See :class:`~delve.SaturationTracker` for their meaning.
+    """The tracker's arguments, validated: one field per parameter of :class:`~delve.SaturationTracker`.
 
     Build it with :meth:`from_arguments`, which takes the tracker's own
-    keyword arguments (0.1.x spellings included).
+    arguments (0.1.x spellings included).
 
     Examples
     --------
@@ -148,126 +117,245 @@ class TrackerConfig:
     (('lsat', 'idim'), 'mean')
     """
 
-    savefile: str
-    save_to: tuple[Any, ...] = ("csv",)
-    stats: tuple[str, ...] = ("lsat",)
-    writer_args: Mapping[str, Any] = field(default_factory=dict)
-    layer_filter: Callable[[str], bool] | str | Sequence[str] | None = None
-    ignore_layer_names: str | Sequence[str] = ()
-    include_conv: bool = True
-    observation: ObservationConfig = field(default_factory=ObservationConfig)
-    log_interval: int = 1
-    max_samples: int | None = None
-    layerwise_sat: bool = True
-    reset_covariance: bool = True
-    average_sat: bool = False
-    sat_threshold: float = 0.99
-    nosave: bool = False
-    verbose: bool = False
-    device: torch.device | None = None
-    initial_epoch: int = 0
-    precision: str = "auto"
-    embed_size: int = DEFAULT_EMBED_SIZE
-    write_rank: int | None = 0
-    process_group: Any = None
-    sync_ranks: bool = True
-    max_overhead: float | None = None
+    savefile: str = option(
+        "delve", "Path prefix of everything written, e.g. ``\"runs/vgg\"`` gives ``runs/vgg.csv``.", _as_str, "str"
+    )
+    save_to: tuple[Any, ...] = option(
+        "csv", "Writer keys (``\"csv\"``, ...) and/or writer instances.", _save_to, "str, AbstractWriter or list"
+    )
+    modules: Any = option(
+        None,
+        "What to track. A model is searched recursively for every layer kind with a registered observer "
+        "(see :func:`~delve.register_observer`).",
+        shown="nn.Module, list of nn.Module or dict of str -> nn.Module",
+    )
+    layer_filter: Callable[[str], bool] | str | Sequence[str] | None = option(
+        None,
+        "Keep only matching layers: a predicate on the layer name, or names / globs of submodules "
+        "(``\"features.*\"``).",
+        shown="callable, str or list of str, optional",
+    )
+    writer_args: Mapping[str, Any] = option(
+        None, "Keyword arguments for writers built from keys.", _writer_args, "dict, optional"
+    )
+    log_interval: int = option(
+        1,
+        "Record every ``log_interval``-th forward pass of each layer and mode.",
+        partial(check_int, minimum=1),
+        "int",
+    )
+    max_samples: int | None = option(
+        None,
+        "Stop recording a layer and mode after this many observation rows per epoch.",
+        partial(check_optional_int, minimum=1),
+        "int, optional",
+    )
+    stats: tuple[str, ...] = option(
+        ("lsat",),
+        "Statistics, by key or logged name (``lsat`` or ``saturation``; the keys of "
+        ":mod:`delve.statistics` and user statistics once registered); 0.1.x spellings such as "
+        "``lsat_eval`` are accepted.",
+        _stats,
+        "list of str",
+    )
+    layerwise_sat: bool = option(
+        True,
+        "Log per-layer values of averaged statistics (saturation); ``False`` with ``average_sat=True`` logs "
+        "only their average.",
+        _as_bool,
+        "bool",
+    )
+    reset_covariance: bool = option(
+        True,
+        "Start every epoch from empty accumulators (default). ``False`` keeps accumulating over the whole run.",
+        _as_bool,
+        "bool",
+    )
+    average_sat: bool = option(
+        False,
+        "Also log ``<mode>-average-<name>`` of every averaged statistic (``train-average-saturation``), the "
+        "mean over layers.",
+        _as_bool,
+        "bool",
+    )
+    ignore_layer_names: str | Sequence[str] = option(
+        (), "Names or globs of layers to leave out.", shown="str or list of str"
+    )
+    include_conv: bool = option(True, "``False`` leaves convolutions out.", _as_bool, "bool")
+    conv_method: str = option(
+        "channelwise",
+        "``channelwise`` (every position is a sample), ``mean``, ``max``, ``median`` (pooled over space) or "
+        "``flatten``.",
+        partial(check_choice, accepted=CONV_METHODS),
+        "str",
+    )
+    timeseries_method: str = option(
+        "last_timestep",
+        "``last_timestep`` or ``timestepwise`` for RNN/LSTM/GRU outputs.",
+        partial(check_choice, accepted=TIMESERIES_METHODS),
+        "str",
+    )
+    sat_threshold: float = option(
+        0.99, "Fraction of variance, in (0, 1], that the intrinsic dimensionality explains.", check_fraction, "float"
+    )
+    nosave: bool = option(
+        False, "Write nothing at all; :meth:`add_saturations` still returns values.", _as_bool, "bool"
+    )
+    verbose: bool = option(
+        False,
+        "Log progress to the ``delve`` logger at INFO level (and attach a console handler if it has none).",
+        _as_bool,
+        "bool",
+    )
+    device: torch.device | None = option(
+        None,
+        "Where accumulators live. ``None`` keeps them on each layer's output device, so nothing is copied.",
+        check_device,
+        "str or torch.device, optional",
+    )
+    initial_epoch: int = option(
+        0,
+        "Epoch of the first :meth:`add_saturations`; writers resume from it.",
+        partial(check_int, minimum=0),
+        "int",
+    )
+    interpolation_strategy: str | None = option(
+        None,
+        "Shrink feature maps larger than ``interpolation_downsampling`` with this interpolation mode before "
+        "recording.",
+        _interpolation,
+        "str, optional",
+    )
+    interpolation_downsampling: int = option(
+        32,
+        "Largest spatial side kept when ``interpolation_strategy`` is set.",
+        partial(check_int, minimum=1),
+        "int",
+    )
+    precision: str = option(
+        "auto",
+        "Precision of each batch's Gram product; the running state is always float64. ``\"auto\"`` "
+        "(default): float64 where it is fast (CPUs and the GPUs of :mod:`delve.engine.precision`), float32 "
+        "elsewhere; the choice is said once. With ``max_overhead``, ``\"auto\"`` means float32 everywhere: the "
+        "sampling error of a subset of rows dwarfs float32's, and cheaper products buy more rows within the "
+        "budget. ``\"float32\"`` is faster where float64 is slow, at a relative error below 1e-6 "
+        "(docs/performance.rst); ``\"tf32\"`` also lets CUDA (Ampere and later) use TensorFloat-32 products, "
+        "with a larger error (same page). On a CPU, products of fewer than ``d / 8`` rows are float64 anyway: "
+        "there they cost less. A layer on Apple's MPS (no float64) keeps its state on the CPU, with a one-time "
+        "notice.",
+        partial(check_choice, accepted=PRECISIONS),
+        "{\"auto\", \"float64\", \"float32\", \"tf32\"}",
+    )
+    embed_size: int = option(
+        500,
+        "Rows kept per layer and mode by accumulators that keep a sample of rows (the ``embed`` statistic).",
+        partial(check_int, minimum=1),
+        "int",
+    )
+    write_rank: int | None = option(
+        0,
+        "Under ``torch.distributed``, the rank whose writers write (default 0); the other ranks build no "
+        "writer and create no file. ``None`` lets every rank write (give each its own ``savefile``). Every "
+        "rank returns the same values from :meth:`add_saturations`.",
+        partial(check_optional_int, minimum=0),
+        "int or None",
+    )
+    process_group: Any = option(
+        None, "The group whose ranks are merged; the default group when ``None``.", shown="ProcessGroup, optional"
+    )
+    sync_ranks: bool = option(
+        True,
+        "Merge the accumulators of all ranks at :meth:`add_saturations` (default). ``False`` keeps every "
+        "rank's statistics to itself, for ranks that train different models.",
+        _as_bool,
+        "bool",
+    )
+    max_positions: int | None = option(
+        None,
+        "With ``conv_method=\"channelwise\"``, record at most about this many spatial positions per feature "
+        "map and batch: every ``k``-th position from a random start (a view, no copy). Cuts the cost of large "
+        "maps roughly by ``k``; neighbouring positions are strongly correlated, so the statistics barely move "
+        "(measured in ``docs/performance.rst``). ``None`` (default) records every position.",
+        partial(check_optional_int, minimum=1),
+        "int or None",
+    )
+    max_overhead: float | None = option(
+        None,
+        "A cost budget, as a fraction of the tracked layers' training work (``0.05``: 5 %): each layer "
+        "records a random subset of its rows (samples, tokens, positions) per batch, sized so that the "
+        "estimated tracking work stays within it, spread so that layers get similar rows per feature. "
+        "``None`` (default) records every row. The rows merged are logged as ``<mode>-rows_<layer>``; see "
+        ":meth:`cost` and the performance docs.",
+        _overhead,
+        "float or None",
+    )
+
+    # ------------------------------------------------------------- building
+    @classmethod
+    def signature(cls) -> inspect.Signature:
+        """The tracker's signature: every field, positional or keyword, with its default.
+
+        Examples
+        --------
+        >>> list(TrackerConfig.signature().parameters)[:5]
+        ['savefile', 'save_to', 'modules', 'layer_filter', 'writer_args']
+        """
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        parameters = [
+            inspect.Parameter(f.name, kind, default=inspect.Parameter.empty if f.name == "savefile" else f.default)
+            for f in dataclasses.fields(cls)
+        ]
+        return inspect.Signature(parameters)
 
     @classmethod
-    def from_arguments(
-        cls,
-        savefile: str,
-        save_to: Any = "csv",
-        layer_filter: Any = None,
-        writer_args: Mapping[str, Any] | None = None,
-        log_interval: int = 1,
-        max_samples: int | None = None,
-        stats: Sequence[str] = ("lsat",),
-        layerwise_sat: bool = True,
-        reset_covariance: bool = True,
-        average_sat: bool = False,
-        ignore_layer_names: str | Sequence[str] = (),
-        include_conv: bool = True,
-        conv_method: str = "channelwise",
-        timeseries_method: str = "last_timestep",
-        sat_threshold: float = 0.99,
-        nosave: bool = False,
-        verbose: bool = False,
-        device: Any = None,
-        initial_epoch: int = 0,
-        interpolation_strategy: str | None = None,
-        interpolation_downsampling: int = 32,
-        precision: str = "auto",
-        embed_size: int = DEFAULT_EMBED_SIZE,
-        write_rank: int | None = 0,
-        process_group: Any = None,
-        sync_ranks: bool = True,
-        max_positions: int | None = None,
-        max_overhead: float | None = None,
-    ) -> TrackerConfig:
-        """Validate the tracker's arguments; raises ``ValueError`` naming the accepted values."""
-        layer_filter, writer_args = split_positional_writer_args(layer_filter, writer_args)
-        if writer_args is not None and not isinstance(writer_args, Mapping):
-            raise ValueError(f"writer_args must be a dict of keyword arguments, got {type(writer_args).__name__}")
-        write_rank = check_optional_int("write_rank", write_rank, minimum=0)
-        if write_rank is not None and sync_ranks:
-            world_size = ranks.get_world_size(process_group)
-            if write_rank >= world_size:
+    def parameters_doc(cls, indent: str = "    ") -> str:
+        """The *Parameters* section of the tracker's docstring, numpy style, from the fields."""
+        lines = ["Parameters", "----------"]
+        for f in dataclasses.fields(cls):
+            lines.append(f"{f.name} : {f.metadata['shown']}")
+            lines.extend(f"{indent}{line}" for line in _wrap(f.metadata["doc"], 100))
+        return "\n".join(indent + line if line else "" for line in lines)
+
+    @classmethod
+    def from_arguments(cls, *args: Any, **kwargs: Any) -> TrackerConfig:
+        """Check the tracker's arguments: ``ValueError`` naming the accepted values, ``TypeError`` for unknown ones."""
+        bound = cls.signature().bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        values["layer_filter"], values["writer_args"] = split_positional_writer_args(
+            values["layer_filter"], values["writer_args"]
+        )
+        for f in dataclasses.fields(cls):
+            check = f.metadata["check"]
+            if check is not None:
+                values[f.name] = check(f.name, values[f.name])
+        config = cls(**values)
+        config._check_together()
+        return config
+
+    def _check_together(self) -> None:
+        """The checks that involve several arguments (they raise before anything is built)."""
+        _ = self.observation  # the observation settings, checked as one
+        if self.write_rank is not None and self.sync_ranks:
+            world_size = ranks.get_world_size(self.process_group)
+            if self.write_rank >= world_size:
                 raise ValueError(
                     f"write_rank must be None (every rank writes) or a rank in 0..{world_size - 1}, "
-                    f"got {write_rank!r}"
+                    f"got {self.write_rank!r}"
                 )
-        observation = ObservationConfig(
-            conv_method=conv_method,
-            timeseries_method=timeseries_method,
-            interpolation_strategy=interpolation_strategy,
-            interpolation_downsampling=interpolation_downsampling,
-            max_positions=max_positions,
-            # The tracker's own stream: independent of the user's, saved with the state.
-            generator=torch.Generator().manual_seed(0) if max_positions is not None else None,
-        )
-        return cls(
-            savefile=str(savefile),
-            save_to=tuple(check_save_to(save_to)),
-            stats=tuple(resolve_stats(stats)),
-            writer_args=dict(writer_args or {}),
-            layer_filter=layer_filter,
-            ignore_layer_names=ignore_layer_names,
-            include_conv=bool(include_conv),
-            observation=observation,
-            log_interval=check_int("log_interval", log_interval, minimum=1),
-            max_samples=check_optional_int("max_samples", max_samples, minimum=1),
-            layerwise_sat=bool(layerwise_sat),
-            reset_covariance=bool(reset_covariance),
-            average_sat=bool(average_sat),
-            sat_threshold=check_fraction("sat_threshold", sat_threshold),
-            nosave=bool(nosave),
-            verbose=bool(verbose),
-            device=check_device("device", device),
-            initial_epoch=check_int("initial_epoch", initial_epoch, minimum=0),
-            precision=check_choice("precision", precision, PRECISIONS),
-            embed_size=check_int("embed_size", embed_size, minimum=1),
-            write_rank=write_rank,
-            process_group=process_group,
-            sync_ranks=bool(sync_ranks),
-            max_overhead=None if max_overhead is None else check_positive("max_overhead", max_overhead),
-        )
 
-    def recording_settings(self) -> RecordingSettings:
-        """What every layer's recorder needs to know (a new cost model and row sampler each call)."""
-        rank = ranks.get_rank(self.process_group)
-        budgeted = self.max_overhead is not None
-        return RecordingSettings(
-            observation=self.observation,
-            log_interval=self.log_interval,
-            max_samples=self.max_samples,
-            device=self.device,
-            precision=self.product_precision,
-            sample_size=self.sample_size,
-            extra_accumulators=self.extra_accumulators,
-            seed=rank,
-            costs=CostModel(self.max_overhead),
-            sampler=RowSampler(seed=zlib.crc32(f"rows/{rank}".encode())) if budgeted else None,
+    # ------------------------------------------------------------- derived
+    @cached_property
+    def observation(self) -> ObservationConfig:
+        """How outputs become rows, with the tracker's own random stream for ``max_positions``."""
+        return ObservationConfig(
+            conv_method=self.conv_method,
+            timeseries_method=self.timeseries_method,
+            interpolation_strategy=self.interpolation_strategy,
+            interpolation_downsampling=self.interpolation_downsampling,
+            max_positions=self.max_positions,
+            # Independent of the user's stream, and saved with the tracker's state.
+            generator=torch.Generator().manual_seed(0) if self.max_positions is not None else None,
         )
 
     @property
@@ -285,16 +373,41 @@ class TrackerConfig:
             return "float32"
         return self.precision
 
-    @property
-    def extra_accumulators(self) -> tuple[tuple[str, Callable[[], Any]], ...]:
-        """``(key, factory)`` of every requested statistic that accumulates more than the covariance."""
-        return tuple(
-            (key, STATISTICS[key].accumulator)  # type: ignore[misc]
-            for key in self.stats
-            if STATISTICS[key].accumulator is not None
+    def recording_settings(self) -> RecordingSettings:
+        """What every layer's recorder needs to know (a new cost model and row sampler each call)."""
+        rank = ranks.get_rank(self.process_group)
+        states = StateSpec(
+            accumulators=tuple(
+                (key, STATISTICS[key].accumulator)  # type: ignore[misc]
+                for key in self.stats
+                if STATISTICS[key].accumulator is not None
+            ),
+            seed=rank,
+            device=self.device,
+            precision=self.product_precision,
+            sample_size=self.embed_size,
+        )
+        budgeted = self.max_overhead is not None
+        return RecordingSettings(
+            observation=self.observation,
+            states=states,
+            log_interval=self.log_interval,
+            max_samples=self.max_samples,
+            costs=CostModel(self.max_overhead),
+            sampler=RowSampler(seed=zlib.crc32(f"rows/{rank}".encode())) if budgeted else None,
         )
 
-    @property
-    def sample_size(self) -> int | None:
-        """Rows of the reservoir sample per layer and mode, when a requested statistic reads one."""
-        return self.embed_size if any(STATISTICS[key].needs_sample for key in self.stats) else None
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` as lines of at most ``width`` characters (words are not broken)."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        lines.append(current)
+    return lines

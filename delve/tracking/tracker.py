@@ -9,30 +9,30 @@ and the output in :mod:`delve.writers`.
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 
-from ..common import ranks
-from .checkpoint import check_state, pack_state, pack_streams, restore_streams
 from .._compat.spellings import deprecated_alias
-from ..statistics.epoch import collect_moments, compute_statistics, describe_run
-from .parameters import PARAMETERS_DOC, TrackerConfig
-from ..capture.hooks import ForwardOrder, attach_hooks, module_device, reset_compiler_for
 from ..capture.discovery import TrackedLayer, discover_layers
+from ..capture.hooks import ForwardOrder, attach_hooks, module_device, reset_compiler_for
+from ..common import ranks
 from ..common.naming import RunRecord
-from .notices import Notices
-from ..engine.recorder import LayerRecorders, ModeState
+from ..engine.layer_state import LayerState
+from ..engine.recorder import LayerRecorders
+from ..statistics.epoch import compute_statistics, describe_run, merge_over_ranks
 from ..writers.registry import build_writer
+from .checkpoint import check_state, pack_state, pack_streams, restore_streams
+from .notices import Notices
+from .parameters import TrackerConfig
 
 __all__ = ["SaturationTracker", "CheckLayerSat"]
 
 logger = logging.getLogger("delve")
+
 
 class SaturationTracker:
     """Track the feature-space saturation of a network's layers during training.
@@ -43,6 +43,8 @@ class SaturationTracker:
     per epoch, turns each covariance into the requested statistics, hands them
     to the writers and starts the next epoch. The model is never modified;
     :meth:`close` removes every hook.
+
+    PARAMETERS
 
     Notes
     -----
@@ -64,21 +66,16 @@ class SaturationTracker:
     ['train-saturation_0', 'train-saturation_2']
     """
 
-    def __init__(
-        self,
-        savefile: str,
-        save_to: Any = "csv",
-        modules: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None = None,
-        layer_filter: Callable[[str], bool] | str | Sequence[str] | Mapping[str, Any] | None = None,
-        writer_args: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        if modules is None:
+    # The arguments are declared once, in TrackerConfig: the signature and the parameter list come from there.
+    __signature__ = TrackerConfig.signature()
+    __doc__ = __doc__.replace("    PARAMETERS\n", TrackerConfig.parameters_doc() + "\n")  # type: ignore[union-attr]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        config = TrackerConfig.from_arguments(*args, **kwargs)
+        if config.modules is None:
             raise ValueError("modules is required: a model, a list of modules or a dict of name -> module")
-        config = TrackerConfig.from_arguments(
-            savefile, save_to=save_to, layer_filter=layer_filter, writer_args=writer_args, **options
-        )
         self.config = config
+        modules = config.modules
         self.layers: list[TrackedLayer] = discover_layers(
             modules, config.layer_filter, config.ignore_layer_names, config.include_conv
         )
@@ -153,7 +150,7 @@ class SaturationTracker:
         >>> table[["layer", "rows", "features"]].values.tolist()
         [['0', 32, 64], ['2', 32, 4]]
         """
-        return self._settings.costs.frame(self.layer_names)  # type: ignore[union-attr]
+        return self._settings.costs.frame(self.layer_names)
 
     def stop(self) -> None:
         """Pause recording; hooks stay in place but ignore forward passes."""
@@ -217,21 +214,26 @@ class SaturationTracker:
         """Where each layer's state lives: ``device=``, else the layer's own device."""
         return {name: self.config.device or module_device(module) for name, module in self._layer_modules.items()}
 
-    def _compute(self, taken: Mapping[str, Mapping[str, ModeState]]) -> dict[str, Any]:
+    def _compute(self, taken: Mapping[str, Mapping[str, LayerState]]) -> dict[str, Any]:
         """The logged values of states taken off the recorders (no hook can change them any more)."""
         config = self.config
-        moments = collect_moments(
-            taken, self.layer_names, self._settings, config.process_group, self._devices(), config.sync_ranks
+        states = merge_over_ranks(
+            taken,
+            self.layer_names,
+            self._settings.states.new,
+            config.process_group,
+            self._devices(),
+            sync=config.sync_ranks,
         )
         budgeted = config.max_overhead is not None
         logged = compute_statistics(
-            moments, config.stats, config.sat_threshold, config.layerwise_sat, config.average_sat, budgeted
+            states, config.stats, config.sat_threshold, config.layerwise_sat, config.average_sat, budgeted
         )
         if self.is_writer or not config.sync_ranks:  # with merged ranks, the writing rank warns
             costs = self._settings.costs
             self._notices.nonfinite(logged, self.epoch)
-            self._notices.costly(costs)  # type: ignore[arg-type]
-            features = {m.layer: m.covariance.shape[0] for m in moments if m.covariance is not None}
+            self._notices.costly(costs)
+            features = {state.layer: state.covariance.num_features for state in states if state.covariance.count}
             self._notices.sparse(logged, features, costs)  # type: ignore[arg-type]
         return {value.name: value.value for value in logged}
 
@@ -292,7 +294,7 @@ class SaturationTracker:
         >>> torch.save(tracker.state_dict(), buffer)
         >>> _ = buffer.seek(0)
         >>> state = torch.load(buffer, weights_only=True)
-        >>> state["layers"]["linear"]["train"]["covariance"]["comoment_upper"].dtype
+        >>> state["layers"]["linear"]["train"]["accumulators"]["covariance"]["moments"]["comoment_upper"].dtype
         torch.float64
         >>> tracker.close()
         """
@@ -328,27 +330,6 @@ class SaturationTracker:
             f"stats={list(self.config.stats)}, epoch={self.epoch}, recording={self._recording})"
         )
 
-
-def _document_parameters() -> None:
-    """Give the tracker the signature and parameter list of the config that validates its arguments.
-
-    The arguments and their defaults are stated once, in
-    :meth:`TrackerConfig.from_arguments`; ``help()``, IDEs that introspect and
-    the API documentation show them on the tracker.
-    """
-    options = inspect.signature(TrackerConfig.from_arguments).parameters
-    own = inspect.signature(SaturationTracker.__init__).parameters
-    parameters = [own["self"], *(p for name, p in own.items() if name not in ("self", "options"))]
-    positional = {name for name in own if name != "options"}
-    parameters += [p.replace(kind=p.KEYWORD_ONLY) for name, p in options.items() if name not in positional]
-    SaturationTracker.__init__.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    documented = "\n".join("    " + line if line else "" for line in PARAMETERS_DOC.strip("\n").splitlines())
-    SaturationTracker.__doc__ = (SaturationTracker.__doc__ or "").replace(
-        "\n    Notes\n", f"\n{documented}\n\n    Notes\n", 1
-    )
-
-
-_document_parameters()
 
 #: The delve 0.1.x name, kept for old scripts; it warns when used.
 CheckLayerSat = deprecated_alias(SaturationTracker, "CheckLayerSat")

@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..common.naming import RunRecord
 from ..output.formats.csv import read_csv, write_csv
 from ..output.formats.record import write_record
 from ..output.layout import csv_path, record_path
-from ..common.naming import RunRecord
 from .base import AbstractWriter, WriterError, writing
 
 __all__ = ["CSVWriter"]

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..output.formats.npy import Counters, read_counters, save_array, value_file, write_counters
 from ..common.files import atomic_path
-from ..output.layout import COUNTERS_FILE, npy_dir
 from ..common.naming import safe_filename
+from ..output.formats.npy import Counters, read_counters, save_array, value_file, write_counters
+from ..output.layout import COUNTERS_FILE, npy_dir
 from .base import AbstractWriter, WriterError, writing
 
 __all__ = ["NPYWriter"]

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ...common.files import atomic_path, atomic_write
-from ..layout import COUNTERS_FILE, epoch_filename, epoch_of_filename
 from ...common.naming import RunRecord, safe_filename
+from ..layout import COUNTERS_FILE, epoch_filename, epoch_of_filename
 from .csv import first_line
 
 __all__ = [

@@ -15,8 +15,8 @@ import json
 import os
 
 from ...common.files import atomic_write
-from ..layout import record_path
 from ...common.naming import RunRecord
+from ..layout import record_path
 
 __all__ = ["FORMAT_VERSION", "write_record", "read_record"]
 

@@ -40,35 +40,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._compat.spellings import (
-    LegacyPCANames,
-    change_all_pca_layer_thresholds,
-    change_all_pca_layer_thresholds_and_inject_random_directions,
-)
-from ..capture.observation import shrink_feature_map
+from ..common.validation import check_fraction, check_int
 from .fit import CovarianceObserver, decompose, random_orthonormal, select_components
-from ..common.validation import check_fraction, check_int, check_optional_int
 
-# The change_all_* functions live in delve._compat.spellings; 0.1.x scripts import them from here.
-__all__ = [
-    "LinearPCALayer",
-    "Conv2DPCALayer",
-    "change_all_pca_layer_thresholds",
-    "change_all_pca_layer_thresholds_and_inject_random_directions",
-    "random_orthonormal",
-]
+__all__ = ["LinearPCALayer", "like"]
 
 logger = logging.getLogger("delve")
 
 
-def _like(tensor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def like(tensor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``tensor`` in ``x``'s dtype and device, without a copy when it already is."""
     if tensor.dtype == x.dtype and tensor.device == x.device:
         return tensor
     return tensor.to(device=x.device, dtype=x.dtype)
 
 
-class LinearPCALayer(LegacyPCANames, nn.Module):
+class LinearPCALayer(nn.Module):
     """Project features (the last dimension) onto their leading eigendirections.
 
     Parameters
@@ -187,6 +174,21 @@ class LinearPCALayer(LegacyPCANames, nn.Module):
         return self._k
 
     @property
+    def in_dim(self) -> int:
+        """delve 0.1.x's name of ``n_components`` (``k``)."""
+        return self._k
+
+    @property
+    def fs_dim(self) -> int:
+        """delve 0.1.x's name of ``in_features`` (``d``)."""
+        return self.in_features
+
+    @property
+    def sat(self) -> float:
+        """``100 * k / d``: the saturation in percent, as delve 0.1.x gave it."""
+        return 100.0 * self._k / self.in_features
+
+    @property
     def is_fitted(self) -> bool:
         """Whether a projection has been fitted (or loaded)."""
         return self._fitted
@@ -225,10 +227,10 @@ class LinearPCALayer(LegacyPCANames, nn.Module):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         if self.keepdim:
             # (x - m) P + m == x P + (m - m P); the offset is precomputed.
-            return F.linear(x, _like(self.transformation_matrix, x).t(), _like(self.offset, x))
+            return F.linear(x, like(self.transformation_matrix, x).t(), like(self.offset, x))
         basis = self.basis[:, : self._k]
         bias = -(self.mean @ basis) if self._centering else None
-        return F.linear(x, _like(basis, x).t(), None if bias is None else _like(bias, x))
+        return F.linear(x, like(basis, x).t(), None if bias is None else like(bias, x))
 
     # ------------------------------------------------------------------- fit
     @torch.no_grad()
@@ -322,79 +324,3 @@ class LinearPCALayer(LegacyPCANames, nn.Module):
 def _refresh_mirrors(module: nn.Module, incompatible_keys: Any) -> None:
     module._fitted = bool(module.fitted)
     module._k = int(module.n_components_)
-
-
-class Conv2DPCALayer(LinearPCALayer):
-    """Project the channels of ``(N, C, H, W)`` maps onto their leading eigendirections.
-
-    Every spatial position of every sample is one observation of the ``C``
-    channels (channelwise, as the tracker's default for convolutions), so the
-    layer works for any spatial size; the projection is a 1x1 convolution with
-    fixed weights, and the layer has no trainable parameters.
-
-    Parameters
-    ----------
-    in_filters : int
-        Number of channels ``C``.
-    threshold : float, default 0.99
-        Fraction of the variance the kept directions explain.
-    verbose : bool, default True
-        Log each fit at INFO level to the ``delve`` logger (silent unless the
-        application configures logging).
-    gradient_epoch_start : int, default 20
-        Accepted for delve 0.1.x scripts; no effect.
-    centering : bool, default False
-        As in :class:`LinearPCALayer`; 0.1.x's default for convolutions was
-        uncentred.
-    downsampling : int, optional
-        Feature maps with a side longer than this are shrunk (nearest, aspect
-        ratio kept, as the tracker's ``interpolation_downsampling`` does)
-        before their covariance is accumulated; the projection always acts on
-        the full map.
-
-    Examples
-    --------
-    >>> import torch
-    >>> layer = Conv2DPCALayer(3, centering=True)
-    >>> _ = layer(torch.randn(2, 3, 8, 8))
-    >>> _ = layer.eval()
-    >>> layer(torch.randn(1, 3, 5, 7)).shape, len(list(layer.parameters()))
-    (torch.Size([1, 3, 5, 7]), 0)
-    """
-
-    _feature_dim = 1
-
-    def __init__(
-        self,
-        in_filters: int,
-        threshold: float = 0.99,
-        verbose: bool = True,
-        gradient_epoch_start: int = 20,
-        centering: bool = False,
-        downsampling: int | None = None,
-    ) -> None:
-        super().__init__(
-            in_filters,
-            threshold=threshold,
-            keepdim=True,
-            verbose=verbose,
-            gradient_epoch_start=gradient_epoch_start,
-            centering=centering,
-        )
-        self.downsampling = check_optional_int("downsampling", downsampling, minimum=1)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"Conv2DPCALayer expects (N, C, H, W) input, got shape {tuple(x.shape)}")
-        super()._check_input(x)
-
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        if self.downsampling is not None:
-            # As the tracker shrinks feature maps: longest side, aspect ratio kept.
-            x = shrink_feature_map(x, "nearest", self.downsampling)
-        # A channels-last view; the covariance update gathers it in one pass.
-        return x.permute(0, 2, 3, 1)
-
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _like(self.transformation_matrix, x).t()[:, :, None, None]
-        return F.conv2d(x, weight, _like(self.offset, x))

@@ -69,7 +69,7 @@ def compare(name: str, max_overhead: float) -> tuple[list[tuple], float]:
         loss.backward()
         optimiser.step()
     seconds = time.perf_counter() - start
-    features = dict(zip(budget.cost()["layer"], budget.cost()["features"]))
+    features = dict(zip(budget.layer_cost()["layer"], budget.layer_cost()["features"]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the sparse-rows notices are what the table shows
         reference, sampled = exact.add_saturations(), budget.add_saturations()

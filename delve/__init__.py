@@ -31,17 +31,15 @@ from .statistics.metrics import (
     diagonal_trace,
     dormant_fraction,
     effective_rank,
-    eigenvalues,
     embed_top2,
     intrinsic_dimensionality,
     log_determinant,
     participation_ratio,
     saturation,
-    spectra,
     spectral_decay_exponent,
-    spectrum,
 )
 from .statistics.registry import Statistic, register_statistic
+from .statistics.spectra import eigenvalues, spectra, spectrum
 from .tracking.tracker import CheckLayerSat, SaturationTracker
 from .writers.registry import register_writer
 

@@ -23,8 +23,8 @@ from conftest import np_cov, rel_fro
 from torch import nn
 
 from delve import SaturationTracker
-from delve.budget.allocation import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
-from delve.budget.cost import LayerCost, relative_cost
+from delve.budget.cost_model import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
+from delve.budget.layer_cost import LayerCost, relative_cost
 from delve.budget.row_sampler import RowSampler
 from delve.engine.accumulator import Accumulator, Batch
 from delve.engine.states import BottomK

@@ -11,7 +11,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from delve import ObservationConfig, SaturationTracker, register_observer
 from delve.capture import observation as obs
-from delve.capture.observation import UnsupportedOutputError, observe, shrink_feature_map
+from delve.capture.layer_kinds import shrink_feature_map
+from delve.capture.observation import UnsupportedOutputError, observe
 
 
 def rows_of(module: nn.Module, output, **config) -> np.ndarray:

@@ -22,7 +22,8 @@ from torch import nn
 
 import delve.engine.products as kernels
 from delve import SaturationTracker, TorchCovarianceMatrix
-from delve.capture.observation import ObservationConfig, observe_conv
+from delve.capture.layer_kinds import observe_conv
+from delve.capture.observation import ObservationConfig
 
 EXACT_BOUND = 1e-12
 FAST_BOUND = 2e-6

@@ -13,7 +13,7 @@ from delve import statistics as stats_module
 from delve.engine.accumulator import Accumulator, Batch
 from delve.engine.sample import ReservoirSample
 from delve.engine.states import Sum
-from delve.statistics.metrics import spectrum
+from delve.statistics.spectra import spectrum
 from delve.statistics.registry import STATISTICS, LayerSummary, resolve_stats, statistic_names
 
 CORE_KEYS = {

@@ -26,7 +26,7 @@ class RowSampler:
     batch (over samples and positions alike). The draw needs ``O(k)`` random
     numbers, made on the rows' device by a generator seeded independently of
     the data and of the user's random streams; no value is read back. Which
-    batches a layer with a small share draws from (:mod:`delve.budget.allocation`) is a
+    batches a layer with a small share draws from (:mod:`delve.budget.cost_model`) is a
     coin tossed by a CPU generator of its own, so it needs no device either.
 
     Parameters

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..common.naming import layer_name
-from .observation import ObserverEntry, find_observer
+from .observation import ObserverEntry, find_observer, supported_classes
 
 __all__ = ["TrackedLayer", "discover_layers", "unwrap_model", "untracked_weighted_classes", "LayerFilter"]
 
@@ -221,9 +221,9 @@ def discover_layers(
         layers.append(TrackedLayer(display, module, entry.kind, qualified, entry))
     if not layers:
         raise ValueError(
-            "nothing to track: no Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, RNN, LSTM, GRU "
-            "or MultiheadAttention layer is left after filtering (see layer_filter, "
-            "ignore_layer_names, include_conv, or delve.register_observer for other kinds)"
+            f"nothing to track: no layer of a kind delve observes ({', '.join(supported_classes())}) "
+            "is left after filtering (see layer_filter, ignore_layer_names, include_conv, "
+            "or delve.register_observer for other kinds)"
         )
     names = [layer.name for layer in layers]
     duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -1,6 +1,6 @@
 """The forward hooks on the user's layers: what they record, what they skip, and how they are removed.
 
-A hook holds its layer's :class:`~delve.engine.recorder.LayerRecorder` and a weak
+A hook holds its layer's recorder (:class:`~delve.engine.recorder.LayerRecorder`) and a weak
 reference to its owner (the tracker), so a tracker the user drops is collected
 and removes its hooks instead of being kept alive by the model. A copy of the
 model (pickle, ``copy.deepcopy``) gets an inert hook instead, so copies are
@@ -32,12 +32,12 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..common.torch_features import is_compiling, reset_compiler
-from ..engine.recorder import LayerRecorder
 
 logger = logging.getLogger("delve")
 
 __all__ = [
     "HookOwner",
+    "Recorder",
     "ForwardOrder",
     "ForwardHook",
     "attach_hooks",
@@ -51,6 +51,14 @@ class HookOwner(Protocol):
     """What a hook needs of the object that owns it (the tracker)."""
 
     def is_recording(self) -> bool: ...
+
+
+class Recorder(Protocol):
+    """What a hook hands a forward pass to (:class:`delve.engine.recorder.LayerRecorder` is one)."""
+
+    name: str
+
+    def record(self, module: nn.Module, output: Any, mode: str) -> bool: ...
 
 
 class ForwardOrder:
@@ -93,7 +101,7 @@ class ForwardHook:
 
     __slots__ = ("order", "owner", "recorder")
 
-    def __init__(self, owner: HookOwner, recorder: LayerRecorder, order: ForwardOrder) -> None:
+    def __init__(self, owner: HookOwner, recorder: Recorder, order: ForwardOrder) -> None:
         self.owner = weakref.ref(owner)
         self.recorder = recorder
         self.order = order
@@ -152,7 +160,7 @@ def _do_nothing(*args: Any) -> None:
 
 
 def attach_hooks(
-    owner: HookOwner, modules: Mapping[str, nn.Module], recorders: Mapping[str, LayerRecorder], order: ForwardOrder
+    owner: HookOwner, modules: Mapping[str, nn.Module], recorders: Mapping[str, Recorder], order: ForwardOrder
 ) -> list[RemovableHandle]:
     """Register one forward hook per layer; returns the handles that remove them."""
     return [

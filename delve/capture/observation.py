@@ -1,4 +1,4 @@
-"""Turn a layer's output into observation rows, by module kind.
+"""Observers: how a layer's output becomes observation rows, and their registry.
 
 An *observer* maps ``(module, output, config)`` to a tensor of shape
 ``(..., d)`` whose leading dimensions are all samples: ``d`` is the layer's
@@ -7,7 +7,9 @@ gathers and upcasts a strided view in a single pass.
 
 The registry is keyed by module type and looked up along the type's MRO, so
 subclasses of ``nn.Linear`` or ``nn.Conv2d`` are handled like their bases.
-Users extend it with :func:`register_observer`.
+The built-in observers are in :mod:`delve.capture.layer_kinds`; users add
+theirs with :func:`register_observer`. Which layers a tracker finds in a model
+follows from this registry alone (:mod:`delve.capture.discovery`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..common.validation import check_choice, check_int, check_optional_int
 
@@ -33,6 +33,7 @@ __all__ = [
     "ObserverEntry",
     "register_observer",
     "find_observer",
+    "supported_classes",
     "observe",
     "UnsupportedOutputError",
 ]
@@ -40,7 +41,6 @@ __all__ = [
 CONV_METHODS = ("channelwise", "mean", "max", "median", "flatten")
 TIMESERIES_METHODS = ("last_timestep", "timestepwise")
 INTERPOLATION_STRATEGIES = ("nearest", "nearest-exact", "area", "linear", "bilinear", "bicubic", "trilinear")
-_LINEAR_FAMILY = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 class UnsupportedOutputError(TypeError):
@@ -156,6 +156,17 @@ def register_observer(
 _CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
+def supported_classes() -> list[str]:
+    """The names of the module classes that have an observer (built-in and registered), in registration order.
+
+    Examples
+    --------
+    >>> supported_classes()[:2]
+    ['Linear', 'Bilinear']
+    """
+    return [klass.__name__ for klass in _REGISTRY] + [path.rsplit(".", 1)[1] for path in _BY_PATH]
+
+
 def find_observer(module: nn.Module) -> ObserverEntry | None:
     """The registered observer for ``module``'s type or its nearest base class."""
     for klass in type(module).__mro__:
@@ -200,116 +211,3 @@ def _unsupported_message(module: nn.Module, output: object, layer: str) -> str:
         f"(samples, features) tensor: delve.register_observer({type(module).__name__}, "
         f"lambda module, output, config: ...), or exclude the layer with ignore_layer_names."
     )
-
-
-def _tensor_output(output: object) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    raise UnsupportedOutputError(f"expected a tensor output, got {type(output).__name__}")
-
-
-# --------------------------------------------------------------------------- dense
-def observe_features_last(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
-    """``(..., D)``: every leading index is a sample (a 1-D output is one sample)."""
-    out = _tensor_output(output)
-    return out.unsqueeze(0) if out.ndim == 1 else out
-
-
-# ---------------------------------------------------------------------------- conv
-def _spatial_dims(module: nn.Module) -> int:
-    return len(module.kernel_size)  # type: ignore[arg-type]
-
-
-def shrink_feature_map(out: torch.Tensor, strategy: str, largest_side: int) -> torch.Tensor:
-    """Downsample ``(N, C, *spatial)`` so no side exceeds ``largest_side``.
-
-    The aspect ratio is kept and nothing is ever upsampled.
-
-    Examples
-    --------
-    >>> shrink_feature_map(torch.zeros(1, 3, 64, 32), "nearest", 16).shape
-    torch.Size([1, 3, 16, 8])
-    """
-    spatial = out.shape[2:]
-    longest = max(spatial)
-    if longest <= largest_side:
-        return out
-    scale = largest_side / longest
-    size = [max(1, round(side * scale)) for side in spatial]
-    mode = strategy
-    if strategy in _LINEAR_FAMILY.values() or strategy == "linear":
-        mode = _LINEAR_FAMILY[len(spatial)]
-    if mode == "bicubic" and len(spatial) != 2:
-        raise ValueError("interpolation_strategy 'bicubic' applies to 2-D feature maps only")
-    align = {} if mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
-    return F.interpolate(out, size=size, mode=mode, **align)
-
-
-def observe_conv(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
-    """``(N, C, *spatial)`` rows according to ``config.conv_method``."""
-    out = _tensor_output(output)
-    if out.ndim == _spatial_dims(module) + 1:  # unbatched input
-        out = out.unsqueeze(0)
-    if config.interpolation_strategy is not None:
-        out = shrink_feature_map(out, config.interpolation_strategy, config.interpolation_downsampling)
-    method = config.conv_method
-    if method == "flatten":
-        return out.flatten(1)
-    maps = out.flatten(2)  # (N, C, S), a view
-    if method == "channelwise":
-        positions = maps.shape[-1]
-        if config.max_positions is not None and positions > config.max_positions:
-            # A strided view, no copy; the random start keeps every position
-            # equally likely to be recorded over many batches.
-            step = -(-positions // config.max_positions)
-            maps = maps[:, :, _first_position(step, config.generator) :: step]
-        return maps.transpose(1, 2)  # (N, S, C): every position is a sample
-    if method == "mean":
-        return maps.mean(-1)
-    if method == "max":
-        return maps.amax(-1)
-    return maps.median(-1).values
-
-
-def _first_position(step: int, generator: torch.Generator | None) -> int:
-    """A uniform start in ``range(step)``, drawn on the CPU (no device synchronisation)."""
-    if generator is None:
-        return 0
-    return int(torch.randint(step, (), generator=generator))
-
-
-# ----------------------------------------------------------------------- recurrent
-def observe_recurrent(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
-    """The output sequence of RNN/LSTM/GRU, never the hidden-state tuple."""
-    sequence = output[0] if isinstance(output, tuple) else output
-    last = config.timeseries_method == "last_timestep"
-    if isinstance(sequence, PackedSequence):
-        if not last:
-            return sequence.data  # every valid step, no padding
-        padded, lengths = pad_packed_sequence(sequence, batch_first=True)
-        index = (lengths - 1).to(padded.device)
-        return padded[torch.arange(padded.shape[0], device=padded.device), index]
-    sequence = _tensor_output(sequence)
-    if not last:
-        return sequence  # (T, N, F) or (N, T, F) or (T, F): all steps are samples
-    if sequence.ndim == 2:  # unbatched (T, F)
-        return sequence[-1:]
-    return sequence[:, -1] if getattr(module, "batch_first", False) else sequence[-1]
-
-
-# ----------------------------------------------------------------------- attention
-def observe_attention(module: nn.Module, output: object, config: ObservationConfig) -> torch.Tensor:
-    """The attention output of MultiheadAttention; every token is a sample."""
-    attended = output[0] if isinstance(output, tuple) else output
-    return observe_features_last(module, attended, config)
-
-
-for _type in (nn.Linear, nn.Bilinear):
-    register_observer(_type, observe_features_last, kind="linear")
-for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
-    register_observer(_type, observe_conv, kind="conv")
-for _type in (nn.RNN, nn.LSTM, nn.GRU):
-    register_observer(_type, observe_recurrent, kind="recurrent")
-register_observer(nn.MultiheadAttention, observe_attention, kind="attention")
-# GPT-2's projections: a Linear with transposed weights, (..., features) outputs.
-register_observer("transformers.pytorch_utils.Conv1D", observe_features_last, kind="linear")

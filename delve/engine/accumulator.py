@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -88,21 +88,22 @@ class Batch:
         The covariance's verdict, given before any other accumulator sees the
         batch: ``False`` when it held NaN or Inf. A Python bool on a CPU, a
         0-d bool tensor on accelerators (reading it would synchronise).
+    n : int
+        Number of rows (counted once, when the batch is made).
     """
 
     rows: torch.Tensor
     accepted: bool | torch.Tensor = True
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        d = self.rows.shape[-1] if self.rows.ndim else 0
+        self.n = self.rows.numel() // d if d else 0
 
     @property
     def features(self) -> int:
         """``d``, the width of a row."""
         return self.rows.shape[-1]
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        d = self.rows.shape[-1]
-        return self.rows.numel() // d if d else 0
 
     def masked(self, value: torch.Tensor) -> torch.Tensor:
         """``value``, or zeros like it when the batch was rejected, without reading the verdict back.

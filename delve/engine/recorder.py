@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..budget.allocation import CostModel
-from ..budget.cost import layer_cost, relative_cost
+from ..budget.cost_model import CostModel
+from ..budget.layer_cost import layer_cost, relative_cost
 from ..budget.row_sampler import RowSampler
 from ..capture.observation import ObservationConfig, ObserverEntry, observe
 from ..common.torch_features import autocast_enabled
@@ -114,7 +114,7 @@ class LayerRecorder:
     ) -> torch.Tensor | None:
         """The rows the budget lets this layer keep: all without one, ``None`` for a batch it skips.
 
-        A layer drawing from one batch in ``m`` (:meth:`~delve.budget.allocation.CostModel.period`)
+        A layer drawing from one batch in ``m`` (:meth:`~delve.budget.cost_model.CostModel.period`)
         keeps its share from the epoch's ``first`` batch, so no epoch is left
         empty, and ``m`` times its share from each other batch it draws from:
         either way a row is kept with probability ``share / n``.

@@ -21,8 +21,8 @@ import torch
 
 from ..common.naming import RunRecord, classify, compose_name
 from ..common.validation import check_fraction
-from ..statistics.metrics import spectra
 from ..statistics.registry import STATISTICS, LayerSummary, resolve_stats
+from ..statistics.spectra import spectra
 from .formats.csv import read_csv, write_csv
 from .formats.npy import index_values, load_array
 from .formats.record import read_record

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..capture.observation import shrink_feature_map
+from ..capture.layer_kinds import shrink_feature_map
 from ..common.validation import check_optional_int
 from .linear import LinearPCALayer, like
 

@@ -16,7 +16,8 @@ import torch
 
 from ..common.torch_features import autocast_enabled
 from ..engine.covariance import TorchCovarianceMatrix
-from ..statistics.metrics import intrinsic_dimensionality, spectrum
+from ..statistics.metrics import intrinsic_dimensionality
+from ..statistics.spectra import spectrum
 
 __all__ = ["Eigenbasis", "CovarianceObserver", "decompose", "select_components", "random_orthonormal"]
 

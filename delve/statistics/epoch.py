@@ -22,8 +22,8 @@ import torch
 from ..common.naming import MODES, RunRecord, compose_name
 from ..engine.layer_state import LayerState
 from ..engine.sync import merge_layer_states
-from .metrics import spectra
 from .registry import NONFINITE_BATCHES, ROWS, STATISTICS, LayerSummary
+from .spectra import spectra
 
 __all__ = ["LoggedValue", "merge_over_ranks", "compute_statistics", "describe_run"]
 

@@ -23,7 +23,7 @@ import torch
 
 from .._compat.spellings import strip_mode_suffix
 from ..engine.accumulator import Accumulator, check_accumulator_class
-from .metrics import Spectrum
+from .spectra import Spectrum
 
 __all__ = [
     "LayerSummary",

@@ -12,7 +12,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 
-from ..budget.allocation import EXPENSIVE_SHARE, CostModel
+from ..budget.cost_model import EXPENSIVE_SHARE, CostModel
 from ..statistics.epoch import LoggedValue
 from ..statistics.registry import NONFINITE_BATCHES, ROWS
 

@@ -2,29 +2,28 @@
 
 :class:`TrackerConfig` is that declaration: one dataclass field per argument
 of :class:`~delve.SaturationTracker`, in the order of delve 0.1.x's
-signature, with :func:`option` holding the check and the text. Everything
-else is derived from the fields: the tracker's signature (its
-``__signature__``), the *Parameters* section of its docstring, the
-validation in :meth:`TrackerConfig.from_arguments`, and the callbacks'
-checks in :mod:`delve.integrations`. The config is frozen and checked in full
-before the tracker touches the model, so a bad argument raises a
-:class:`ValueError` naming the accepted values before any hook exists.
+signature, each made with :func:`~delve.tracking.options.option`. Everything
+else is derived from the fields (:mod:`delve.tracking.options`): the
+tracker's signature (its ``__signature__``), the *Parameters* section of its
+docstring, the validation in :meth:`TrackerConfig.from_arguments`, and the
+callbacks' checks in :mod:`delve.integrations`. The config is frozen and
+checked in full before the tracker touches the model, so a bad argument raises
+a :class:`ValueError` naming the accepted values before any hook exists.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
 
 import torch
 
 from .._compat.spellings import split_positional_writer_args
-from ..budget.allocation import CostModel
+from ..budget.cost_model import CostModel
 from ..budget.row_sampler import RowSampler
 from ..capture.observation import CONV_METHODS, TIMESERIES_METHODS, ObservationConfig
 from ..common import ranks
@@ -41,29 +40,9 @@ from ..engine.precision import PRECISIONS
 from ..engine.recorder import RecordingSettings
 from ..statistics.registry import STATISTICS, resolve_stats
 from ..writers.registry import check_save_to
+from .options import bind, build, option, parameters_section, signature_of
 
-__all__ = ["TrackerConfig", "option"]
-
-Check = Callable[[str, Any], Any]
-
-
-def option(default: Any, doc: str, check: Check | None = None, shown: str = "") -> Any:
-    """A tracker parameter: its default, its documentation and its check, as one dataclass field.
-
-    Parameters
-    ----------
-    default : object
-        The value when the argument is not given.
-    doc : str
-        What it means (reStructuredText, one paragraph per blank line).
-    check : callable, optional
-        ``check(name, value) -> value``: raises ``ValueError`` naming the
-        accepted values, returns the value in its canonical form.
-    shown : str
-        The type as the documentation shows it (``"int"``).
-    """
-    return field(default=default, metadata={"doc": doc, "check": check, "shown": shown}, compare=False)
-
+__all__ = ["TrackerConfig"]
 
 def _as_str(name: str, value: Any) -> str:
     return str(value)
@@ -293,43 +272,28 @@ class TrackerConfig:
     # ------------------------------------------------------------- building
     @classmethod
     def signature(cls) -> inspect.Signature:
-        """The tracker's signature: every field, positional or keyword, with its default.
+        """The tracker's signature: every parameter, positional or keyword, with its default.
 
         Examples
         --------
         >>> list(TrackerConfig.signature().parameters)[:5]
         ['savefile', 'save_to', 'modules', 'layer_filter', 'writer_args']
         """
-        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-        parameters = [
-            inspect.Parameter(f.name, kind, default=inspect.Parameter.empty if f.name == "savefile" else f.default)
-            for f in dataclasses.fields(cls)
-        ]
-        return inspect.Signature(parameters)
+        return signature_of(cls, required=("savefile",))
 
     @classmethod
-    def parameters_doc(cls, indent: str = "    ") -> str:
-        """The *Parameters* section of the tracker's docstring, numpy style, from the fields."""
-        lines = ["Parameters", "----------"]
-        for f in dataclasses.fields(cls):
-            lines.append(f"{f.name} : {f.metadata['shown']}")
-            lines.extend(f"{indent}{line}" for line in _wrap(f.metadata["doc"], 100))
-        return "\n".join(indent + line if line else "" for line in lines)
+    def parameters_doc(cls) -> str:
+        """The *Parameters* section of the tracker's docstring."""
+        return parameters_section(cls)
 
     @classmethod
     def from_arguments(cls, *args: Any, **kwargs: Any) -> TrackerConfig:
         """Check the tracker's arguments: ``ValueError`` naming the accepted values, ``TypeError`` for unknown ones."""
-        bound = cls.signature().bind(*args, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        values["layer_filter"], values["writer_args"] = split_positional_writer_args(
-            values["layer_filter"], values["writer_args"]
+        arguments = bind(cls.signature(), args, kwargs)
+        arguments["layer_filter"], arguments["writer_args"] = split_positional_writer_args(
+            arguments["layer_filter"], arguments["writer_args"]
         )
-        for f in dataclasses.fields(cls):
-            check = f.metadata["check"]
-            if check is not None:
-                values[f.name] = check(f.name, values[f.name])
-        config = cls(**values)
+        config = build(cls, arguments)
         config._check_together()
         return config
 
@@ -396,18 +360,3 @@ class TrackerConfig:
             costs=CostModel(self.max_overhead),
             sampler=RowSampler(seed=zlib.crc32(f"rows/{rank}".encode())) if budgeted else None,
         )
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    """``text`` as lines of at most ``width`` characters (words are not broken)."""
-    lines: list[str] = []
-    current = ""
-    for word in text.split():
-        if current and len(current) + 1 + len(word) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = f"{current} {word}" if current else word
-    if current:
-        lines.append(current)
-    return lines

@@ -137,7 +137,7 @@ class SaturationTracker:
 
         From the shapes of each layer's first recorded forward pass, one row
         per layer seen so far, in forward order; the columns are described at
-        :meth:`delve.budget.allocation.CostModel.frame`.
+        :meth:`delve.budget.cost_model.CostModel.frame`.
 
         Examples
         --------

@@ -22,8 +22,8 @@ import torch
 from ..common.naming import classify
 from ..output.figures import draw_later, embedding_figure, figure_to_rgb, heatmap_figure, profile_figure
 from ..output.layout import tensorboard_dir
-from ..statistics.metrics import eigenvalues
 from ..statistics.registry import STATISTICS, by_name
+from ..statistics.spectra import eigenvalues
 from .base import AbstractWriter, writing
 from .tensorboard_tags import custom_scalars_layout, layer_tag, overview_tag, tensorboard_tag
 

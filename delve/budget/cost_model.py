@@ -1,7 +1,7 @@
 """The budget: which share of its rows each layer keeps, and from which batches.
 
 With a budget (``max_overhead=0.05``), each layer keeps a random subset of its
-rows per batch so that the estimated tracking work (:mod:`delve.budget.cost`) stays
+rows per batch so that the estimated tracking work (:mod:`delve.budget.layer_cost`) stays
 within that share of the tracked layers' training work. The budget is spent
 so that layers get similar rows per feature where they can: the sampling
 error of a ``d``-wide covariance grows with ``sqrt(d / rows)``, so every
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from .cost import LayerCost
+from .layer_cost import LayerCost
 
 __all__ = [
     "CostModel",

@@ -1,4 +1,4 @@
-"""What tracking costs against training, per layer (the budget spending it is :mod:`delve.budget.allocation`).
+"""What tracking costs against training, per layer (the budget spending it is :mod:`delve.budget.cost_model`).
 
 A layer's Gram update costs about ``n * d * (d + 1) / 2`` multiply-adds for
 ``n`` observation rows of ``d`` features, while its own training costs about

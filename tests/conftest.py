@@ -1,6 +1,6 @@
 """Shared fixtures and the independent numpy references every test compares against.
 
-The references are written from the definitions in DESIGN.md with numpy only
+The references are written from the definitions in docs/saturation.rst with numpy only
 (two-pass covariance, ``np.linalg.eigvalsh``), never with delve's own code.
 """
 
@@ -72,7 +72,7 @@ def rel_fro(actual, expected) -> float:
 
 
 def reference_stats(rows, threshold: float = 0.99) -> dict[str, object]:
-    """Every scalar statistic of DESIGN.md computed with numpy on the rows."""
+    """Every scalar statistic of docs/saturation.rst computed with numpy on the rows."""
     cov = np_cov(rows)
     values = np_eigenvalues(cov)
     return {

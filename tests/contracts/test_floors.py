@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SETUP = (ROOT / "setup.py").read_text(encoding="utf-8")
 INSTALL = (ROOT / "docs" / "install.rst").read_text(encoding="utf-8")
 

@@ -15,7 +15,7 @@ from torch import nn
 from delve.statistics.registry import STATISTICS
 from delve.writers.registry import WRITERS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from delve import SaturationTracker
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint_0_2_0.pt"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_0_2_0.pt"
 LAYERS = {"0": 0, "3": 3, "5": 5}
 
 

@@ -175,7 +175,7 @@ def _start_child(tmp_path: Path, name: str, pause_at: int) -> tuple[subprocess.P
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     savefile = tmp_path / name / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(delve.common.files.__file__).parents[1]), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(delve.common.files.__file__).parents[2]), *sys.path])}
     child = subprocess.Popen(
         [sys.executable, str(script), str(savefile), ",".join(ATOMIC_KEYS), str(pause_at)],
         stdout=subprocess.PIPE,

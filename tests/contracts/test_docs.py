@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("sphinx", reason="the documentation tools come with requirements/docs.txt")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REMOTE_ASSET = re.compile(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""", re.I)
 
 

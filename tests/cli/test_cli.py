@@ -18,7 +18,7 @@ from torch import nn
 from delve import SaturationTracker
 from delve.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,7 @@ def accumulator_bytes(tracker: SaturationTracker) -> list[tuple[str, str, int, i
     for name, recorder in tracker._recorders.items():
         for mode, state in recorder.modes.items():
             cov = state.covariance
-            parts = (cov, getattr(cov, "_moments", None), getattr(cov, "_pending", None))
+            parts = (cov, cov.moments, getattr(cov, "_pending", None))
             held = sum(_tensor_bytes(part) for part in parts)
             out.append((name, mode, held, cov.num_features or 0))
     return out

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import CPU_MODES, MODE_SPECS, unsupported_arguments  # noqa: E402
 from model_sections import describe, run_models  # noqa: E402
-from report import Section, machine_description  # noqa: E402
+from report import Section, kept_sections, machine_description  # noqa: E402
 from sections import run_add_saturations, run_max_positions, run_memory, run_scaling  # noqa: E402
 from workloads import MODEL_NAMES, workloads  # noqa: E402
 from writer_times import run_writers  # noqa: E402
@@ -201,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     text += f"\nThe whole run took {(time.perf_counter() - started) / 60:.1f} minutes.\n"
     print(text)
     if args.output:
-        atomic_write(args.output, lambda handle: handle.write(text + "\n"))
+        previous = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+        kept = kept_sections(previous)
+        final = text + ("\n" + kept + "\n" if kept else "")
+        atomic_write(args.output, lambda handle: handle.write(final + "\n"))
     if args.json:
         dump = json.dumps([vars(s) for s in report], indent=1, default=str)
         atomic_write(args.json, lambda handle: handle.write(dump))

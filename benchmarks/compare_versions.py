@@ -12,9 +12,11 @@ run the same configuration: default arguments, statistics ``lsat`` and
 
 Run::
 
-    python benchmarks/compare_versions.py --base 1d058fa --models mlp,cnn
+    python benchmarks/compare_versions.py --base 1d058fa --models mlp,cnn --output benchmarks/RESULTS.md
 
-This script is not part of the test suite.
+With ``--output``, the table replaces the section ``## versions: current against <base>``
+of that file (``benchmark.py`` keeps such sections when it rewrites the file). This script is
+not part of the test suite.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import STATS, alternate, make_step, ratio_stats  # noqa: E402
+from report import KEPT_PREFIX, replace_section  # noqa: E402
 from workloads import workloads  # noqa: E402
 
 import delve  # noqa: E402
+from delve.common.files import atomic_write  # noqa: E402
 
 
 def import_revision(revision: str, folder: Path) -> object:
@@ -86,20 +90,43 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None, help="replace this comparison's section of a report")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # the trackers' one-time notices would interleave with the table
     with tempfile.TemporaryDirectory() as folder:
         base = import_revision(args.base, Path(folder))
-        print(f"| model | bare step | current | {args.base} | current / {args.base} (per round) |")
-        print("|---|---|---|---|---|")
+        lines = [
+            f"| model | bare step | current | {args.base} | current / {args.base} (per round) |",
+            "|---|---|---|---|---|",
+        ]
+        print("\n".join(lines))
         for name in args.models.split(","):
             r = compare(name, base, args.rounds, args.warmup)
-            print(
+            lines.append(
                 f"| {name} | {r['bare_ms']:.0f} ms | +{100 * (r['current'] - 1):.1f} % | "
-                f"+{100 * (r['earlier'] - 1):.1f} % | {r['versus']:.3f} |",
-                flush=True,
+                f"+{100 * (r['earlier'] - 1):.1f} % | {r['versus']:.3f} |"
             )
+            print(lines[-1], flush=True)
+    if args.output:
+        head = describe_revision(args)
+        body = "\n".join([*head, "", *lines])
+        text = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+        heading = f"{KEPT_PREFIX} current against {args.base}"
+        atomic_write(args.output, lambda handle: handle.write(replace_section(text, heading, body)))
+
+
+def describe_revision(args: argparse.Namespace) -> list[str]:
+    """How the comparison was taken: command, date, commit, rounds."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return [
+        f"`python benchmarks/compare_versions.py --base {args.base} --models {args.models} --rounds {args.rounds}`, "
+        f"{time.strftime('%Y-%m-%d')}, working tree at {commit} (plus uncommitted changes, if any), "
+        f"torch threads {args.threads}. Median over rounds of each tracker's step against the bare step; "
+        "last column: median of the per-round ratios current / earlier (below 1: the current code is faster).",
+    ]
 
 
 if __name__ == "__main__":

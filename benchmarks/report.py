@@ -21,8 +21,40 @@ REPO = Path(__file__).resolve().parent.parent
 
 __all__ = [
     "Section", "section", "load_average", "table", "fmt_pct", "fmt_bytes", "overhead_header", "overhead_row",
-    "OVERHEAD_HEADER", "mode_cell", "widest_layers", "machine_description",
+    "OVERHEAD_HEADER", "mode_cell", "widest_layers", "machine_description", "KEPT_PREFIX", "kept_sections",
+    "replace_section",
 ]
+
+#: Sections of RESULTS.md written by other scripts (compare_versions.py); benchmark.py carries them over.
+KEPT_PREFIX = "## versions:"
+
+
+def kept_sections(text: str) -> str:
+    """The sections of ``text`` whose heading starts with :data:`KEPT_PREFIX`, in order."""
+    kept, keeping = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            keeping = line.startswith(KEPT_PREFIX)
+        if keeping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def replace_section(text: str, heading: str, body: str) -> str:
+    """``text`` with the section under ``heading`` replaced by ``body`` (appended when absent)."""
+    lines = text.splitlines()
+    out, skipping, done = [], False, False
+    for line in lines:
+        if line.startswith("## "):
+            skipping = line == heading
+            if skipping and not done:
+                out.extend([heading, "", *body.splitlines(), ""])
+                done = True
+        if not skipping:
+            out.append(line)
+    if not done:
+        out.extend(["", heading, "", *body.splitlines()])
+    return "\n".join(out).rstrip() + "\n"
 
 
 def load_average() -> float:

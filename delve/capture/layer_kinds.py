@@ -1,8 +1,9 @@
 """The built-in observers: dense, convolution, recurrent and attention layers.
 
 Each turns its layer's output into ``(..., d)`` rows as
-:mod:`delve.capture.observation` describes, and is registered for its module
-types when :mod:`delve.capture` is imported. A new layer kind is one more
+:mod:`delve.capture.observation` describes, and into one ``(N, d)`` row per
+sample for live probes (its pooling), and is registered for its module types
+when :mod:`delve.capture` is imported. A new layer kind is one more
 function here (or a user's :func:`~delve.capture.observation.register_observer`).
 """
 
@@ -15,7 +16,17 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .observation import ObservationConfig, UnsupportedOutputError, register_observer
 
-__all__ = ["observe_features_last", "observe_conv", "observe_recurrent", "observe_attention", "shrink_feature_map"]
+__all__ = [
+    "observe_features_last",
+    "observe_conv",
+    "observe_recurrent",
+    "observe_attention",
+    "shrink_feature_map",
+    "pool_features_last",
+    "pool_conv",
+    "pool_recurrent",
+    "pool_attention",
+]
 
 _LINEAR_FAMILY = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -122,12 +133,51 @@ def observe_attention(module: nn.Module, output: object, config: ObservationConf
     return observe_features_last(module, attended, config)
 
 
+# ------------------------------------------------------------ pooled per sample
+def pool_features_last(module: nn.Module, output: object) -> torch.Tensor:
+    """``(N, ..., D) -> (N, D)``: the mean over every axis between samples and features (tokens)."""
+    out = _tensor_output(output)
+    if out.ndim == 1:
+        return out.unsqueeze(0)
+    return out.mean(dim=tuple(range(1, out.ndim - 1))) if out.ndim > 2 else out
+
+
+def pool_conv(module: nn.Module, output: object) -> torch.Tensor:
+    """``(N, C, *spatial) -> (N, C)``: the mean over the positions of each map."""
+    out = _tensor_output(output)
+    if out.ndim == _spatial_dims(module) + 1:  # unbatched input
+        out = out.unsqueeze(0)
+    return out.flatten(2).mean(-1)
+
+
+def pool_recurrent(module: nn.Module, output: object) -> torch.Tensor:
+    """The output sequence averaged over its valid steps: ``(N, F)`` whether or not ``batch_first``."""
+    sequence = output[0] if isinstance(output, tuple) else output
+    if isinstance(sequence, PackedSequence):
+        padded, lengths = pad_packed_sequence(sequence, batch_first=True)  # padding is zero
+        return padded.sum(1) / lengths.to(padded.device, padded.dtype).unsqueeze(1)
+    sequence = _tensor_output(sequence)
+    if sequence.ndim == 2:  # unbatched (T, F)
+        return sequence.mean(0, keepdim=True)
+    return sequence.mean(1) if getattr(module, "batch_first", False) else sequence.mean(0)
+
+
+def pool_attention(module: nn.Module, output: object) -> torch.Tensor:
+    """MultiheadAttention's output averaged over tokens: ``(N, E)`` whether or not ``batch_first``."""
+    attended = _tensor_output(output[0] if isinstance(output, tuple) else output)
+    if attended.ndim == 2:  # unbatched (L, E)
+        return attended.mean(0, keepdim=True)
+    return attended.mean(1) if getattr(module, "batch_first", False) else attended.mean(0)
+
+
 for _type in (nn.Linear, nn.Bilinear):
-    register_observer(_type, observe_features_last, kind="linear")
+    register_observer(_type, observe_features_last, kind="linear", pool=pool_features_last)
 for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
-    register_observer(_type, observe_conv, kind="conv")
+    register_observer(_type, observe_conv, kind="conv", pool=pool_conv)
 for _type in (nn.RNN, nn.LSTM, nn.GRU):
-    register_observer(_type, observe_recurrent, kind="recurrent")
-register_observer(nn.MultiheadAttention, observe_attention, kind="attention")
+    register_observer(_type, observe_recurrent, kind="recurrent", pool=pool_recurrent)
+register_observer(nn.MultiheadAttention, observe_attention, kind="attention", pool=pool_attention)
 # GPT-2's projections: a Linear with transposed weights, (..., features) outputs.
-register_observer("transformers.pytorch_utils.Conv1D", observe_features_last, kind="linear")
+register_observer(
+    "transformers.pytorch_utils.Conv1D", observe_features_last, kind="linear", pool=pool_features_last
+)

@@ -31,6 +31,7 @@ __all__ = [
     "ObservationConfig",
     "Observer",
     "ObserverEntry",
+    "Pooler",
     "register_observer",
     "find_observer",
     "supported_classes",
@@ -89,14 +90,22 @@ class ObservationConfig:
 
 
 Observer = Callable[[nn.Module, object, ObservationConfig], torch.Tensor]
+Pooler = Callable[[nn.Module, object], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class ObserverEntry:
-    """A registered observer and the kind of layer it serves (``"conv"`` etc.)."""
+    """A registered observer, the kind of layer it serves (``"conv"`` etc.) and its pooling per sample.
+
+    ``pool(module, output)`` returns the ``(N, d)`` features of the ``N``
+    samples of a batch: the output averaged over every axis but samples and
+    features (positions, tokens). Live probes read those; ``None`` where a
+    layer kind cannot say which axis holds its samples.
+    """
 
     observer: Observer
     kind: str
+    pool: Pooler | None = None
 
 
 _REGISTRY: dict[type, ObserverEntry] = {}
@@ -106,7 +115,11 @@ _BY_PATH: dict[str, ObserverEntry] = {}
 
 
 def register_observer(
-    module_type: type[nn.Module] | str, observer: Observer, kind: str = "custom", replace: bool = False
+    module_type: type[nn.Module] | str,
+    observer: Observer,
+    kind: str = "custom",
+    replace: bool = False,
+    pool: Pooler | None = None,
 ) -> None:
     """Teach delve how to read the output of ``module_type`` (and its subclasses).
 
@@ -128,6 +141,11 @@ def register_observer(
         Allow replacing the observer already registered for exactly this type
         (built-ins included); without it such a duplicate raises. Subclasses
         of a registered type may always get their own observer.
+    pool : callable, optional
+        ``pool(module, output) -> Tensor`` of shape ``(N, d)``: one row per
+        sample, the output averaged over every other axis but the features.
+        Live probes (``stats=["probe"]``) need it; without it they skip the
+        layer and say so once.
 
     Examples
     --------
@@ -139,6 +157,8 @@ def register_observer(
     """
     if not callable(observer):
         raise ValueError("observer must be callable as observer(module, output, config)")
+    if pool is not None and not callable(pool):
+        raise ValueError("pool must be callable as pool(module, output) -> (samples, features) tensor")
     if isinstance(module_type, str):
         if not _CLASS_PATH.match(module_type):
             raise ValueError(f"a class path looks like 'package.module.Class', got {module_type!r}")
@@ -150,7 +170,7 @@ def register_observer(
         raise ValueError(f"module_type must be an nn.Module subclass or its import path, got {module_type!r}")
     if module_type in registry and not replace:
         raise ValueError(f"an observer is already registered for {label}; pass replace=True to replace it")
-    registry[module_type] = ObserverEntry(observer, kind)
+    registry[module_type] = ObserverEntry(observer, kind, pool)
 
 
 _CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")

@@ -90,11 +90,21 @@ class Batch:
         0-d bool tensor on accelerators (reading it would synchronise).
     n : int
         Number of rows (counted once, when the batch is made).
+    samples : torch.Tensor or None
+        ``(N, d)``: the output averaged per sample over positions and tokens
+        (for live probes), when targets were set for this forward pass.
+    targets : torch.Tensor or None
+        ``(N, c)`` float64 target rows (one-hot for class indices).
+    labels : torch.Tensor or None
+        ``(N,)`` float64 class indices, for class targets.
     """
 
     rows: torch.Tensor
     accepted: bool | torch.Tensor = True
     n: int = field(init=False)
+    samples: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         d = self.rows.shape[-1] if self.rows.ndim else 0

@@ -11,6 +11,7 @@ value back from the device.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -20,12 +21,13 @@ from torch import nn
 from ..budget.cost_model import CostModel
 from ..budget.layer_cost import layer_cost, relative_cost
 from ..budget.row_sampler import RowSampler
-from ..capture.observation import ObservationConfig, ObserverEntry, observe
+from ..capture.observation import ObservationConfig, ObserverEntry, find_observer, observe
 from ..common.torch_features import autocast_enabled
 from .accumulator import Batch
 from .layer_state import LayerState, StateSpec
 from .precision import resolve_precision, state_device
 from .products import to_device
+from .targets import Targets, TargetSlot
 
 __all__ = ["RecordingSettings", "LayerRecorder", "LayerRecorders"]
 
@@ -41,6 +43,8 @@ class RecordingSettings:
     # Shared by the tracker's layers: their costs, and with a budget the draw of the rows kept.
     costs: CostModel = field(default_factory=CostModel)
     sampler: RowSampler | None = None
+    # With a probe statistic: where set_targets() puts the targets of the forward passes that follow.
+    targets: TargetSlot | None = None
 
 
 class LayerRecorder:
@@ -61,6 +65,7 @@ class LayerRecorder:
         self.settings = settings
         self.observer = observer
         self.modes: dict[str, LayerState] = {}
+        self._warned_unpooled = False
         # Hooks may run concurrently (DataParallel replicas, user threads).
         self.lock = threading.Lock()
 
@@ -97,10 +102,14 @@ class LayerRecorder:
                 rows = rows.reshape(-1, d)[:left]
                 n = left
             state.rows_offered += n
-            rows = self._within_budget(module, output, rows, n, d, first=call == 0)
-            if rows is None:
+            kept = self._within_budget(module, output, rows, n, d, first=call == 0)
+            targets = settings.targets.current if settings.targets is not None else None
+            if kept is None and targets is None:
                 return True  # a batch the budget skips for this layer
-            batch = Batch(rows)
+            # A batch the budget skips still feeds the probes: they rest on every sample.
+            batch = Batch(kept if kept is not None else rows.reshape(-1, d)[:0])
+            if targets is not None:
+                self._attach_targets(batch, module, output, targets, home)
             if autocast_enabled(rows.device.type):
                 # Autocast would run the Gram product in half precision.
                 with torch.autocast(rows.device.type, enabled=False):
@@ -138,6 +147,33 @@ class LayerRecorder:
                 return None
             keep = min(n, keep * period)
         return sampler.select(rows, keep)
+
+    def _attach_targets(
+        self, batch: Batch, module: nn.Module, output: object, targets: Targets, home: torch.device
+    ) -> None:
+        """The batch's per-sample features and targets, for the layer's probe."""
+        entry = self.observer or find_observer(module)
+        if entry is None or entry.pool is None:
+            if not self._warned_unpooled:
+                self._warned_unpooled = True
+                warnings.warn(
+                    f"delve: layer {self.name!r} ({type(module).__name__}) has no pooling per sample, so probes "
+                    "skip it; pass pool= to delve.register_observer for its class",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return
+        samples = entry.pool(module, output).detach()
+        if samples.shape[0] != targets.samples:
+            raise ValueError(
+                f"delve: layer {self.name!r} saw {samples.shape[0]} samples in this forward pass but "
+                f"set_targets() gave {targets.samples} targets; call set_targets() with this batch's targets "
+                "(or set_targets(None) to stop probing)"
+            )
+        if samples.device != home:
+            samples = to_device(samples, home)
+        batch.samples = samples
+        batch.targets, batch.labels = targets.for_samples(home)
 
     def reset(self) -> None:
         """Forget everything recorded since the last reset, in every mode."""

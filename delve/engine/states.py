@@ -12,6 +12,8 @@ is ``None`` while the piece is empty.
   mean across ranks (below).
 * :class:`BottomK`: rows with random keys, of which the ``size`` smallest are
   kept: a uniform sample without replacement of every row offered.
+* :class:`Fact`: an integer every holder agrees on (a width, a kind of
+  target), exchanged with the shapes.
 
 Across ranks, a kind's :meth:`StateKind.sync` is a generator: it yields the
 tensors whose sum over ranks it needs, receives the sums, and returns the
@@ -40,7 +42,7 @@ import torch
 from .moments import Moments, upper_indices
 from .products import feature_blocks
 
-__all__ = ["StateKind", "Sum", "Comoments", "BottomK", "Ranks", "SyncSteps", "DESCRIPTION_WIDTH"]
+__all__ = ["StateKind", "Sum", "Comoments", "Fact", "BottomK", "Ranks", "SyncSteps", "DESCRIPTION_WIDTH"]
 
 #: Integers a kind uses to describe a value's shape to the other ranks (unused places are 0).
 DESCRIPTION_WIDTH = 5
@@ -253,11 +255,60 @@ class Comoments(StateKind):
         return Moments.from_packed(mean, upper, int(packed["count"]), feature_blocks(mean.shape[0]))
 
 
+class Fact(StateKind):
+    """A non-negative integer every holder agrees on, such as a width (``None`` until known).
+
+    Merged within a process and across ranks by the maximum (``growable``) or
+    by requiring equality; across ranks it travels with the shapes, so it
+    costs no round of its own.
+
+    Examples
+    --------
+    >>> Fact(growable=True).merge(3, 5), Fact().merge(None, 4)
+    (5, 4)
+    """
+
+    def __init__(self, growable: bool = False) -> None:
+        self.growable = growable
+
+    def merge(self, mine: int | None, theirs: int | None) -> int | None:
+        if mine is None or theirs is None:
+            return theirs if mine is None else mine
+        if mine != theirs and not self.growable:
+            raise ValueError(f"cannot merge states that disagree on a fixed value ({mine} and {theirs})")
+        return max(mine, theirs)
+
+    def describe(self, value: int | None) -> tuple[int, ...] | None:
+        return None if value is None else (int(value),)
+
+    def agree(self, largest: tuple[int, ...], smallest: tuple[int, ...], where: str) -> tuple[int, ...]:
+        if self.growable:
+            return largest
+        return super().agree(largest, smallest, where)
+
+    def sync(self, value: int | None, agreed: tuple[int, ...], ranks: Ranks) -> SyncSteps:
+        return agreed[0]
+        yield []  # a generator that needs no round: the value came with the shapes
+
+    def to(self, value: int, device: torch.device) -> int:
+        return value
+
+    def device_of(self, value: int) -> torch.device:
+        return torch.device("cpu")
+
+    def pack(self, value: int) -> torch.Tensor:
+        return torch.tensor(int(value), dtype=torch.int64)
+
+    def unpack(self, packed: torch.Tensor, device: torch.device | None) -> int:
+        return int(packed)
+
+
 class BottomK(StateKind):
     """Rows with uniform random keys; the ``size`` smallest keys are kept.
 
     A value is ``(keys, rows)``: ``(m,)`` float64 keys and ``(m, d)`` float64
-    rows, ``m <= size``. Infinite keys mark rows of rejected batches, never
+    rows, ``m <= size``; with ``max_bytes`` instead of ``size``, as many rows
+    as that many bytes of float64 rows hold. Infinite keys mark rows of rejected batches, never
     part of the sample. The smallest keys of a union are a uniform sample of
     the union, so merging (and merging across ranks) gives the sample one
     process would have drawn from all the rows.
@@ -272,8 +323,17 @@ class BottomK(StateKind):
     ([0.1, 0.25], [0.0, 1.0])
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int | None = None, max_bytes: int | None = None) -> None:
+        if (size is None) == (max_bytes is None):
+            raise ValueError("give BottomK either size or max_bytes")
         self.size = size
+        self.max_bytes = max_bytes
+
+    def capacity(self, width: int) -> int:
+        """Rows kept when each is ``width`` float64 values wide."""
+        if self.size is not None:
+            return self.size
+        return max(1, self.max_bytes // (8 * max(width, 1)))  # type: ignore[operator]
 
     def merge(
         self, mine: tuple[torch.Tensor, torch.Tensor] | None, theirs: tuple[torch.Tensor, torch.Tensor] | None
@@ -287,10 +347,11 @@ class BottomK(StateKind):
         return self.smallest(keys, rows)
 
     def smallest(self, keys: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows of the ``size`` smallest keys."""
-        if keys.shape[0] <= self.size:
+        """The rows of the :meth:`capacity` smallest keys."""
+        size = self.capacity(rows.shape[-1])
+        if keys.shape[0] <= size:
             return keys, rows
-        keys, index = torch.topk(keys, self.size, largest=False)
+        keys, index = torch.topk(keys, size, largest=False)
         return keys, rows[index]
 
     def describe(self, value: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[int, ...] | None:
@@ -299,7 +360,8 @@ class BottomK(StateKind):
     def sync(self, value: tuple[torch.Tensor, torch.Tensor] | None, agreed: tuple[int, ...], ranks: Ranks) -> SyncSteps:
         # Each rank fills only its own slot of a (world, size) buffer: one sum assembles them all.
         (d,) = agreed
-        shape = (ranks.world, self.size)
+        size = self.capacity(d)
+        shape = (ranks.world, size)
         keys = torch.zeros(shape, dtype=torch.float64, device=ranks.device)
         rows = torch.zeros((*shape, d), dtype=torch.float64, device=ranks.device)
         present = torch.zeros(shape, dtype=torch.float64, device=ranks.device)
@@ -315,7 +377,7 @@ class BottomK(StateKind):
         if not available:
             return None
         keys = torch.where(present > 0, keys, torch.full_like(keys, math.inf)).flatten()
-        keys, index = torch.topk(keys, min(self.size, available), largest=False)
+        keys, index = torch.topk(keys, min(size, available), largest=False)
         return keys, rows.flatten(0, 1)[index]
 
     def to(self, value: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

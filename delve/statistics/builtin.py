@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.activity import MeanAbsoluteActivity
+from ..engine.probe import ProbeMoments
 from ..engine.sample import ReservoirSample
 from . import metrics
-from .registry import LayerSummary, Statistic, register_statistic
+from .probes import probe_values
+from .registry import LayerSummary, Part, Statistic, register_statistic
 
 __all__ = ["BUILTIN_KEYS"]
 
@@ -110,6 +112,18 @@ _BUILTINS = (
         bounds=(0.0, 1.0),
         higher_is_better=False,
         accumulator=MeanAbsoluteActivity,
+    ),
+    Statistic(
+        "probe",
+        "probe",
+        probe_values,
+        "a ridge least-squares probe of the pooled outputs, fitted live on the epoch's training samples "
+        "(targets from ``set_targets``)",
+        accumulator=ProbeMoments,
+        parts=(
+            Part("r2", "R² of the probe's predictions (training: in-sample)", (None, 1.0), higher_is_better=True),
+            Part("accuracy", "share of samples whose class the probe predicts", (0.0, 1.0), higher_is_better=True),
+        ),
     ),
 )
 

@@ -96,6 +96,7 @@ def compute_statistics(
     layerwise: bool = True,
     average: bool = False,
     rows: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> list[LoggedValue]:
     """Every requested statistic of every layer and mode.
 
@@ -113,6 +114,9 @@ def compute_statistics(
         Also give the mean over layers of every averaged statistic.
     rows : bool
         Also give the rows each layer and mode merged (``<mode>-rows_<layer>``).
+    options : mapping, optional
+        Settings statistics read (``probe_ridge``), as
+        :attr:`~delve.statistics.registry.LayerSummary.options`.
 
     Returns
     -------
@@ -137,6 +141,7 @@ def compute_statistics(
 
     values: list[LoggedValue] = []
     averaged: dict[tuple[str, str], list[float]] = {}
+    trained = {state.layer: state.accumulators for state in states if state.mode == "train"}
     for state, covariance, spectrum in zip(filled, covariances, decompositions):
         summary = LayerSummary(
             covariance=covariance,
@@ -145,9 +150,19 @@ def compute_statistics(
             threshold=threshold,
             count=state.covariance.count,
             accumulators=state.accumulators,
+            mode=state.mode,
+            fitted_on=trained.get(state.layer),
+            options=dict(options or {}),
         )
         for statistic in statistics:
             value = statistic.compute(summary)
+            if statistic.parts:
+                values.extend(
+                    LoggedValue(state.mode, state.layer, name, value[part.name])
+                    for part, name in zip(statistic.parts, statistic.logged_names)
+                    if part.name in value
+                )
+                continue
             if statistic.averaged:
                 averaged.setdefault((state.mode, statistic.average_name), []).append(value)
                 if not layerwise:
@@ -178,8 +193,9 @@ def describe_run(layers: Sequence[str], keys: Sequence[str], average: bool = Fal
     (('saturation', 'nonfinite-batches'), ('average-saturation',))
     """
     statistics = [STATISTICS[key] for key in keys]
+    logged = tuple(name for statistic in statistics for name in statistic.logged_names)
     return RunRecord(
         layers=tuple(layers),
-        statistics=(*(s.name for s in statistics), NONFINITE_BATCHES, *((ROWS,) if rows else ())),
+        statistics=(*logged, NONFINITE_BATCHES, *((ROWS,) if rows else ())),
         mode_statistics=tuple(s.average_name for s in statistics if s.averaged) if average else (),
     )

@@ -16,7 +16,7 @@ logged name of a value is ``<mode>-<statistic name>_<layer>`` (see
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from .spectra import Spectrum
 __all__ = [
     "LayerSummary",
     "Statistic",
+    "Part",
     "STATISTICS",
     "NONFINITE_BATCHES",
     "ROWS",
@@ -64,6 +65,14 @@ class LayerSummary:
     accumulators : mapping of str -> Accumulator
         The layer's accumulators, keyed by the statistic that asked for each
         (the covariance under ``"covariance"``).
+    mode : str
+        ``"train"`` or ``"eval"``.
+    fitted_on : mapping of str -> Accumulator, optional
+        The same layer's accumulators in training mode this epoch (what a
+        probe is fitted on); ``None`` when the layer did not train. In
+        training mode, the layer's own.
+    options : mapping
+        The tracker's settings statistics may read (``probe_ridge``).
     """
 
     covariance: torch.Tensor
@@ -72,10 +81,35 @@ class LayerSummary:
     threshold: float
     count: int
     accumulators: Mapping[str, Accumulator]
+    mode: str = "train"
+    fitted_on: Mapping[str, Accumulator] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def num_features(self) -> int:
         return int(self.covariance.shape[0])
+
+
+@dataclass(frozen=True)
+class Part:
+    """One of the values a statistic with several logs, as ``<statistic name>-<part name>``.
+
+    Attributes
+    ----------
+    name : str
+        Appended to the statistic's name (no ``_``).
+    description : str
+        One line on what the value is.
+    bounds : (float or None, float or None)
+        Lowest and highest possible value; ``None`` where unbounded.
+    higher_is_better : bool or None
+        Which direction is good news, where one is.
+    """
+
+    name: str
+    description: str = ""
+    bounds: tuple[float | None, float | None] = (None, None)
+    higher_is_better: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +142,10 @@ class Statistic:
         An :class:`~delve.engine.accumulator.Accumulator` subclass fed with
         every recorded batch of every layer; the statistic finds it as
         ``summary.accumulators[key]``.
+    parts : tuple of Part
+        For a statistic that logs several values: ``compute`` returns a
+        mapping ``part name -> value`` (a part left out is not logged), each
+        logged as ``<name>-<part name>`` with the part's own bounds.
 
     Examples
     --------
@@ -126,6 +164,7 @@ class Statistic:
     needs_vectors: bool = False
     scalar: bool = True
     accumulator: type[Accumulator] | None = None
+    parts: tuple[Part, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key or self.key.endswith("_eval"):
@@ -138,6 +177,27 @@ class Statistic:
             check_accumulator_class(self.accumulator, f"statistic {self.key!r}")
             if self.key == "covariance":
                 raise ValueError("the key 'covariance' names every layer's covariance accumulator; choose another")
+
+    @property
+    def logged_names(self) -> tuple[str, ...]:
+        """The names its per-layer values are logged under: its name, or one per part."""
+        return tuple(f"{self.name}-{part.name}" for part in self.parts) or (self.name,)
+
+    def part(self, name: str) -> Statistic:
+        """The record of one logged value of a statistic with parts, as writers read it (bounds, direction)."""
+        for part in self.parts:
+            if f"{self.name}-{part.name}" == name:
+                return replace(
+                    self,
+                    key=f"{self.key}-{part.name}",
+                    name=name,
+                    description=part.description,
+                    bounds=part.bounds,
+                    higher_is_better=part.higher_is_better,
+                    averaged=False,
+                    parts=(),
+                )
+        raise KeyError(name)
 
     @property
     def bounded(self) -> bool:
@@ -192,9 +252,10 @@ def register_statistic(statistic: Statistic, replace: bool = False) -> Statistic
             f"a statistic is already registered under the key {statistic.key!r} "
             f"({existing.name!r}); pass replace=True to replace it"
         )
-    clash = by_name(statistic.name)
-    if clash is not None and clash.key != statistic.key:
-        raise ValueError(f"statistic {clash.key!r} already logs under the name {statistic.name!r}")
+    for name in (statistic.name, *statistic.logged_names):
+        clash = _owner(name)
+        if clash is not None and clash.key != statistic.key:
+            raise ValueError(f"statistic {clash.key!r} already logs under the name {name!r}")
     STATISTICS[statistic.key] = statistic
     return statistic
 
@@ -207,8 +268,16 @@ def by_name(name: str) -> Statistic | None:
     >>> by_name("average-saturation").key, by_name("test_accuracy") is None
     ('lsat', True)
     """
+    statistic = _owner(name)
+    if statistic is not None and statistic.parts and name in statistic.logged_names:
+        return statistic.part(name)
+    return statistic
+
+
+def _owner(name: str) -> Statistic | None:
+    """The registered statistic that logs ``name`` (itself, its average or one of its parts)."""
     for statistic in STATISTICS.values():
-        if name in (statistic.name, statistic.average_name):
+        if name in (statistic.name, statistic.average_name, *statistic.logged_names):
             return statistic
     return None
 

@@ -32,12 +32,15 @@ from ..common.validation import (
     check_device,
     check_fraction,
     check_int,
+    check_number,
     check_optional_int,
     check_positive,
 )
 from ..engine.layer_state import StateSpec
 from ..engine.precision import PRECISIONS
+from ..engine.probe import ProbeMoments
 from ..engine.recorder import RecordingSettings
+from ..engine.targets import TargetSlot
 from ..statistics.registry import STATISTICS, resolve_stats
 from ..writers.registry import check_save_to
 from .options import bind, build, option, parameters_section, signature_of
@@ -268,6 +271,14 @@ class TrackerConfig:
         _overhead,
         "float or None",
     )
+    probe_ridge: float = option(
+        1e-3,
+        "With ``stats=[..., \"probe\"]``: the ridge of the live linear probes, relative to the features' "
+        "variance (``lambda = probe_ridge * trace(Sxx) / d``, :mod:`delve.statistics.probes`); ``0`` fits "
+        "plain least squares.",
+        partial(check_number, minimum=0),
+        "float",
+    )
 
     # ------------------------------------------------------------- building
     @classmethod
@@ -352,6 +363,7 @@ class TrackerConfig:
             sample_size=self.embed_size,
         )
         budgeted = self.max_overhead is not None
+        probes = any(STATISTICS[key].accumulator is ProbeMoments for key in self.stats)
         return RecordingSettings(
             observation=self.observation,
             states=states,
@@ -359,4 +371,10 @@ class TrackerConfig:
             max_samples=self.max_samples,
             costs=CostModel(self.max_overhead),
             sampler=RowSampler(seed=zlib.crc32(f"rows/{rank}".encode())) if budgeted else None,
+            targets=TargetSlot() if probes else None,
         )
+
+    @property
+    def statistic_options(self) -> dict[str, Any]:
+        """The settings statistics read (:attr:`~delve.statistics.registry.LayerSummary.options`)."""
+        return {"probe_ridge": self.probe_ridge}

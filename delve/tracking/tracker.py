@@ -152,6 +152,44 @@ class SaturationTracker:
         """
         return self._settings.costs.frame(self.layer_names)
 
+    def set_targets(self, targets: torch.Tensor | None, num_classes: int | None = None) -> None:
+        """The targets of the samples in the forward passes that follow, for live probes (``stats=["probe"]``).
+
+        They hold until the next call; ``set_targets(None)`` stops probing,
+        and a forward pass without targets adds nothing to the probes. Class
+        indices are an integer tensor of shape ``(N,)``; real values a float
+        tensor of shape ``(N,)`` or ``(N, c)``. ``N`` is the number of samples
+        of the batch, the first axis of the model's input and of a tracked
+        layer's output: a forward pass whose layers see another number of
+        samples raises ``ValueError`` naming both sizes.
+
+        Parameters
+        ----------
+        targets : torch.Tensor or None
+            This batch's targets.
+        num_classes : int, optional
+            The number of classes. Without it delve reads the largest index,
+            which waits for targets on an accelerator (once per call).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> tracker = SaturationTracker("run", modules=model, stats=["probe"], nosave=True)
+        >>> x = torch.randn(64, 4)
+        >>> tracker.set_targets((x[:, 0] > 0).long())
+        >>> _ = model(x)
+        >>> values = tracker.add_saturations()
+        >>> 0.5 < values["train-probe-accuracy_0"] <= 1.0
+        True
+        >>> tracker.close()
+        """
+        slot = self._settings.targets
+        if slot is None:
+            raise ValueError("set_targets() feeds live probes: add 'probe' to stats= to use it")
+        slot.set(targets, num_classes)
+
     def stop(self) -> None:
         """Pause recording; hooks stay in place but ignore forward passes."""
         self._recording = False
@@ -227,7 +265,13 @@ class SaturationTracker:
         )
         budgeted = config.max_overhead is not None
         logged = compute_statistics(
-            states, config.stats, config.sat_threshold, config.layerwise_sat, config.average_sat, budgeted
+            states,
+            config.stats,
+            config.sat_threshold,
+            config.layerwise_sat,
+            config.average_sat,
+            budgeted,
+            config.statistic_options,
         )
         if self.is_writer or not config.sync_ranks:  # with merged ranks, the writing rank warns
             costs = self._settings.costs

@@ -93,7 +93,7 @@ def test_linear_layer_class_probe_matches_ridge() -> None:
     eval_y = np.concatenate([y.numpy() for _, y in evaluation])
     expected = reference(train_x, train_y, eval_x, eval_y, classes=True)
     check(values, "0", expected)
-    assert expected["eval-accuracy"] > 0.7  # the probe is not trivially right or wrong
+    assert 0.5 < expected["eval-accuracy"] < 1.0  # above chance (1/3), not trivially perfect
 
 
 def test_conv_layer_probe_reads_the_mean_over_positions() -> None:

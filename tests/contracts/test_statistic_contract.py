@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import np_cov, np_eigenvalues, np_idim, np_logdet, np_saturation
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
 from torch import nn
 
 from delve import SaturationTracker
@@ -65,6 +67,23 @@ def _embed_spread(rows: np.ndarray) -> np.ndarray:
     return np_eigenvalues(np_cov(rows))[:2]
 
 
+def labels_of(rows: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The class each row belongs to (the probe's targets): the largest of its first three features."""
+    return np.asarray(rows)[:, :3].argmax(axis=1)
+
+
+def _probe(rows: np.ndarray) -> dict[str, float]:
+    """scikit-learn's Ridge (alpha = lambda N) on the rows and their classes, scored in-sample."""
+    targets = np.eye(3)[labels_of(rows)]
+    penalty = 1e-3 * np.trace(np.cov(rows, rowvar=False, bias=True)) / rows.shape[1]
+    model = Ridge(alpha=penalty * len(rows), solver="cholesky").fit(rows, targets)
+    predicted = model.predict(rows)
+    return {
+        "probe-r2": r2_score(targets, predicted, multioutput="variance_weighted"),
+        "probe-accuracy": float(np.mean(predicted.argmax(1) == labels_of(rows))),
+    }
+
+
 #: key -> numpy reference on the concatenated rows (threshold THRESHOLD).
 REFERENCES: dict[str, Callable[[np.ndarray], object]] = {
     "lsat": lambda rows: np_saturation(np_cov(rows), THRESHOLD),
@@ -78,6 +97,7 @@ REFERENCES: dict[str, Callable[[np.ndarray], object]] = {
     "pr": lambda rows: _participation(np_eigenvalues(np_cov(rows))),
     "alpha": lambda rows: _decay(np_eigenvalues(np_cov(rows))),
     "dorm": _dormant,
+    "probe": _probe,
 }
 BUILT_IN = sorted(BUILTIN_KEYS)
 
@@ -110,6 +130,8 @@ def run(stats: list[str], steps: list[torch.Tensor], state: dict | None = None) 
         tracker.load_state_dict(state)
     with torch.no_grad():
         for batch in steps:
+            if "probe" in stats:
+                tracker.set_targets(torch.from_numpy(labels_of(batch)))
             layer(batch)
     saved = tracker.state_dict()
     values = tracker.add_saturations()
@@ -117,9 +139,21 @@ def run(stats: list[str], steps: list[torch.Tensor], state: dict | None = None) 
     return values, saved
 
 
+def logged(values: dict, key: str) -> object:
+    """A statistic's value of the layer; for one with parts, ``{logged name: value}``."""
+    statistic = STATISTICS[key]
+    if statistic.parts:
+        return {name: values[f"train-{name}_linear"] for name in statistic.logged_names}
+    return values[f"train-{statistic.name}_linear"]
+
+
 def check(key: str, value: object, rows: np.ndarray) -> None:
     expected = REFERENCES[key](rows)
-    if key == "embed":
+    if isinstance(expected, dict):
+        assert value.keys() == expected.keys()
+        for name, part in expected.items():
+            assert value[name] == pytest.approx(part, rel=1e-9, abs=1e-12), name
+    elif key == "embed":
         assert value.shape == (rows.shape[0], 2)
         np.testing.assert_allclose(np.sort(value.var(axis=0))[::-1], expected, rtol=1e-9)
     elif key == "cov":
@@ -138,8 +172,7 @@ def test_every_built_in_statistic_has_a_numpy_reference() -> None:
 def test_matches_numpy_on_the_concatenated_rows(key: str) -> None:
     steps = batches()
     values, _ = run([key], steps)
-    name = f"train-{STATISTICS[key].name}_linear"
-    check(key, values[name], torch.cat(steps).numpy())
+    check(key, logged(values, key), torch.cat(steps).numpy())
 
 
 @pytest.mark.parametrize("key", BUILT_IN)
@@ -151,10 +184,12 @@ def test_a_checkpoint_restored_mid_epoch_gives_the_same_value(key: str) -> None:
     buffer.seek(0)
     restored, _ = run([key], steps[4:], state=torch.load(buffer, weights_only=True))
     uninterrupted, _ = run([key], steps)
-    name = f"train-{STATISTICS[key].name}_linear"
-    check(key, restored[name], torch.cat(steps).numpy())
+    check(key, logged(restored, key), torch.cat(steps).numpy())
     if key != "embed":  # the sample's rows come in another order
-        np.testing.assert_allclose(restored[name], uninterrupted[name], rtol=1e-12, atol=1e-14)
+        for name in STATISTICS[key].logged_names:
+            np.testing.assert_allclose(
+                restored[f"train-{name}_linear"], uninterrupted[f"train-{name}_linear"], rtol=1e-12, atol=1e-14
+            )
 
 
 def _worker(rank: int, folder: str) -> None:
@@ -187,9 +222,9 @@ def two_ranks(tmp_path_factory) -> list[dict]:
 
 @pytest.mark.parametrize("key", BUILT_IN)
 def test_two_ranks_merge_to_one_process(two_ranks: list[dict], key: str) -> None:
-    name = f"train-{STATISTICS[key].name}_linear"
     rows = torch.cat(batches()).numpy()
     for values in two_ranks:
-        value = values[name]
+        value = logged(values, key)
         check(key, np.asarray(value) if isinstance(value, list) else value, rows)
-    np.testing.assert_allclose(two_ranks[0][name], two_ranks[1][name], rtol=0, atol=0)
+    for name in STATISTICS[key].logged_names:
+        np.testing.assert_allclose(two_ranks[0][f"train-{name}_linear"], two_ranks[1][f"train-{name}_linear"], rtol=0)

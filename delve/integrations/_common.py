@@ -24,6 +24,8 @@ __all__ = [
     "check_tracker_arguments",
     "build_tracker",
     "scalar_metrics",
+    "TARGET_KEYS",
+    "batch_targets",
     "checkpoint_state",
     "restore_checkpoint_state",
 ]
@@ -97,6 +99,34 @@ def check_tracker_arguments(
         )
     except TypeError as error:
         raise TypeError(f"{owner}: {error} (keyword arguments go to delve.SaturationTracker)") from error
+
+
+#: Keys under which a dict batch holds its targets, in the order they are looked for.
+TARGET_KEYS = ("labels", "label", "targets", "target", "y")
+
+
+def batch_targets(batch: Any) -> torch.Tensor | None:
+    """The targets of a batch for live probes: ``y`` of an ``(x, y, ...)`` batch, or a dict's labels.
+
+    ``None`` when the batch holds none of them (no probe rows for it).
+
+    Examples
+    --------
+    >>> batch_targets((torch.zeros(2, 3), torch.tensor([0, 1])))
+    tensor([0, 1])
+    >>> batch_targets({"input_ids": torch.zeros(2, 4), "labels": torch.tensor([1, 0])})
+    tensor([1, 0])
+    >>> batch_targets(torch.zeros(2, 3)) is None
+    True
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
+        return batch[1]
+    if isinstance(batch, Mapping):
+        for key in TARGET_KEYS:
+            value = batch.get(key)
+            if isinstance(value, torch.Tensor):
+                return value
+    return None
 
 
 def build_tracker(

@@ -70,6 +70,12 @@ class SaturationCallback(TrainerCallback):
     merged at each computation, and the main process writes the files. The
     hooks are removed at ``on_train_end``.
 
+    With ``"probe"`` in ``stats``, the live probes' targets are the ``labels``
+    the Trainer passes to the model (sequence classification and regression:
+    one label per sequence). Token-level labels (token classification,
+    language modelling) are not supported: those batches add no probe rows,
+    and a warning says so once.
+
     Parameters
     ----------
     savefile : str, optional
@@ -153,6 +159,8 @@ class SaturationCallback(TrainerCallback):
         self._due = False
         self._paused = False
         self._warned_no_trainer = False
+        self._labels_hook: torch.utils.hooks.RemovableHandle | None = None
+        self._warned_token_labels = False
 
     # ------------------------------------------------------------ lifecycle
     def on_train_begin(
@@ -172,6 +180,9 @@ class SaturationCallback(TrainerCallback):
             self.tracker_kwargs,
             default_savefile=lambda: os.path.join(args.output_dir, "delve"),
         )
+        if self.tracker.probes:
+            # The Trainer calls the model with keyword arguments: its labels are the probes' targets.
+            self._labels_hook = model.register_forward_pre_hook(self._read_labels, with_kwargs=True)
         self._steps = state.logging_steps if self.interval == "logging_steps" else self.interval  # type: ignore[assignment]
         self.last_values = {}
         self._fit_epoch, self._epoch_open, self._due, self._paused = None, False, False, False
@@ -193,8 +204,26 @@ class SaturationCallback(TrainerCallback):
         self._close_tracker()
 
     def _close_tracker(self) -> None:
+        if self._labels_hook is not None:
+            self._labels_hook.remove()
+            self._labels_hook = None
         if self.tracker is not None:
             self.tracker.close()
+
+    def _read_labels(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """The forward's ``labels`` as the probes' targets: one per sequence (classification or regression)."""
+        labels = kwargs.get("labels")
+        if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.ndim > 1:
+            if not self._warned_token_labels:
+                self._warned_token_labels = True
+                warnings.warn(
+                    "delve: probes need one label per sequence; token-level labels (shape "
+                    f"{tuple(labels.shape)}) are not supported, so these batches add no probe rows",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            labels = None
+        self.tracker.set_targets(labels if isinstance(labels, torch.Tensor) else None)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ recording
     def on_epoch_begin(

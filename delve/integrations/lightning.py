@@ -14,10 +14,11 @@ Needs ``pip install 'delve[lightning]'``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 try:
+    import torch
     from lightning.pytorch import LightningModule, Trainer
     from lightning.pytorch.callbacks import Callback
 except ImportError as _error:
@@ -27,7 +28,14 @@ except ImportError as _error:
 
 from ..tracking.tracker import SaturationTracker
 from ..writers.base import AbstractWriter
-from ._common import build_tracker, check_tracker_arguments, checkpoint_state, restore_checkpoint_state, scalar_metrics
+from ._common import (
+    batch_targets,
+    build_tracker,
+    check_tracker_arguments,
+    checkpoint_state,
+    restore_checkpoint_state,
+    scalar_metrics,
+)
 
 __all__ = ["SaturationCallback"]
 
@@ -75,6 +83,11 @@ class SaturationCallback(Callback):
         key raises ``ValueError`` here, before any training.
     prefix : str
         Put in front of every name sent to the loggers, e.g. ``"delve/"``.
+    targets : callable, optional
+        With ``"probe"`` in ``stats``: ``targets(batch) -> Tensor or None``,
+        the targets of a training or validation batch for the live probes.
+        By default ``y`` of an ``(x, y)`` batch, or a dict batch's
+        ``labels`` (:func:`~delve.integrations._common.batch_targets`).
     **tracker_kwargs
         Any other :class:`~delve.SaturationTracker` argument
         (``layer_filter``, ``sat_threshold``, ``conv_method``,
@@ -109,9 +122,13 @@ class SaturationCallback(Callback):
         *,
         stats: Sequence[str] = ("lsat",),
         prefix: str = "",
+        targets: Callable[[Any], torch.Tensor | None] | None = None,
         **tracker_kwargs: Any,
     ) -> None:
         check_tracker_arguments(type(self).__name__, savefile, save_to, stats, tracker_kwargs)
+        if targets is not None and not callable(targets):
+            raise ValueError(f"targets must be a function batch -> tensor or None, got {type(targets).__name__}")
+        self.targets = targets or batch_targets
         self.savefile = savefile
         self.save_to = save_to
         self.stats = list(stats) if not isinstance(stats, str) else [stats]
@@ -174,6 +191,18 @@ class SaturationCallback(Callback):
         if self._paused and self.tracker is not None:
             self.tracker.resume()
             self._paused = False
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._set_targets(batch)
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._set_targets(batch)
+
+    def _set_targets(self, batch: Any) -> None:
+        if self.tracker is not None and self.tracker.probes:
+            self.tracker.set_targets(self.targets(batch))
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.tracker is None:

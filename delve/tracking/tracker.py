@@ -152,6 +152,11 @@ class SaturationTracker:
         """
         return self._settings.costs.frame(self.layer_names)
 
+    @property
+    def probes(self) -> bool:
+        """Whether this tracker fits live probes (``"probe"`` in ``stats``): :meth:`set_targets` feeds them."""
+        return self._settings.targets is not None
+
     def set_targets(self, targets: torch.Tensor | None, num_classes: int | None = None) -> None:
         """The targets of the samples in the forward passes that follow, for live probes (``stats=["probe"]``).
 

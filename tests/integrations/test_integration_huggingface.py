@@ -36,8 +36,8 @@ from transformers import (  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 import delve  # noqa: E402
-from delve.integrations.huggingface import STATE_FILE, SaturationCallback  # noqa: E402
 from delve.capture.observation import find_observer  # noqa: E402
+from delve.integrations.huggingface import STATE_FILE, SaturationCallback  # noqa: E402
 
 STATS = ["lsat", "idim", "trc", "dtrc"]
 
@@ -316,3 +316,65 @@ def test_bad_arguments_fail_at_construction() -> None:
         SaturationCallback(nosave=True)
     with pytest.raises(TypeError, match="stat_threshold"):
         SaturationCallback(stat_threshold=0.9)
+
+
+def test_probes_read_the_labels_of_a_sequence_classifier(tmp_path) -> None:
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    model = tiny_bert()
+    layers = {
+        "bert-encoder-layer-0-output-dense": model.bert.encoder.layer[0].output.dense,
+        "classifier": model.classifier,
+    }
+    seen: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    labels: dict[str, list[np.ndarray]] = defaultdict(list)
+
+    def keep_labels(module, args, kwargs):
+        labels["train" if module.training else "eval"].append(kwargs["labels"].numpy().copy())
+
+    handles = [model.register_forward_pre_hook(keep_labels, with_kwargs=True)]
+    for name, module in layers.items():
+
+        def keep(module, inputs, output, name=name):
+            pooled = output.detach().double()
+            pooled = pooled.mean(1) if pooled.ndim == 3 else pooled  # one row per sequence: the mean over tokens
+            seen[("train" if module.training else "eval", name)].append(pooled.numpy().copy())
+
+        handles.append(module.register_forward_hook(keep))
+    callback = SaturationCallback(stats=["probe"], layer_filter=list(layers))
+    args = arguments(tmp_path, num_train_epochs=1, eval_strategy="epoch")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=token_data(24, labels="classes"),
+        eval_dataset=token_data(12, labels="classes", seed=2),
+        callbacks=[callback],
+    )
+    trainer.train()
+    for handle in handles:
+        handle.remove()
+    train_t, eval_t = np.concatenate(labels["train"]), np.concatenate(labels["eval"])
+    for name in layers:
+        train_x, eval_x = np.concatenate(seen[("train", name)]), np.concatenate(seen[("eval", name)])
+        penalty = 1e-3 * np.trace(np.cov(train_x, rowvar=False, bias=True)) / train_x.shape[1]
+        fitted = Ridge(alpha=penalty * len(train_x), solver="cholesky").fit(train_x, np.eye(2)[train_t])
+        for mode, x, t in (("train", train_x, train_t), ("eval", eval_x, eval_t)):
+            predicted = fitted.predict(x)
+            r2 = r2_score(np.eye(2)[t], predicted, multioutput="variance_weighted")
+            assert callback.last_values[f"{mode}-probe-r2_{name}"] == pytest.approx(r2, rel=1e-6, abs=1e-9)
+            accuracy = float(np.mean(predicted.argmax(1) == t))
+            assert callback.last_values[f"{mode}-probe-accuracy_{name}"] == pytest.approx(accuracy)
+
+
+def test_token_level_labels_add_no_probe_rows_and_say_so_once(tmp_path) -> None:
+    model = tiny_gpt2()
+    callback = SaturationCallback(stats=["lsat", "probe"], layer_filter="transformer.h.0.mlp.*")
+    trainer = Trainer(
+        model=model, args=arguments(tmp_path, num_train_epochs=1), train_dataset=token_data(8), callbacks=[callback]
+    )
+    with pytest.warns(UserWarning, match="token-level labels") as caught:
+        trainer.train()
+    assert sum("token-level labels" in str(warning.message) for warning in caught) == 1
+    assert any(name.startswith("train-saturation") for name in callback.last_values)
+    assert not any("probe" in name for name in callback.last_values)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORLD = 2
-STATS = ["lsat", "idim", "cov", "trc", "dtrc", "det", "dorm", "erank", "pr"]
+STATS = ["lsat", "idim", "cov", "trc", "dtrc", "det", "dorm", "erank", "pr", "probe"]
 TIMEOUT_S = 150
 
 
@@ -62,9 +62,11 @@ def shards(epoch: int) -> list[list[tuple[torch.Tensor, str, bool]]]:
     return work
 
 
-def feed(net: nn.Module, steps) -> None:
+def feed(net: nn.Module, steps, tracker: SaturationTracker | None = None) -> None:
     with torch.no_grad():
         for batch, mode, rare in steps:
+            if tracker is not None and tracker.probes:
+                tracker.set_targets((batch[:, 0] > batch[:, 0].mean()).long())  # the probes' classes
             net.train(mode == "train")
             net(batch, rare=rare)
 
@@ -101,9 +103,10 @@ def run_rank(rank: int, folder: str) -> None:
         tracker = SaturationTracker(os.path.join(folder, f"rank{rank}", "run"), modules=net, stats=STATS, write_rank=0)
         out["epochs"] = []
         for epoch in range(2):
-            feed(net, shards(epoch)[rank])
+            feed(net, shards(epoch)[rank], tracker)
             if rank == 1 and epoch == 1:
                 net.train()
+                tracker.set_targets(torch.zeros(2, dtype=torch.long))
                 with torch.no_grad():
                     net(torch.full((2, 6), float("nan"), dtype=torch.float64))
             out["epochs"].append(jsonable(tracker.add_saturations()))
@@ -179,7 +182,7 @@ def single_process(epochs=(0, 1), **kwargs) -> list[dict]:
     values = []
     for epoch in epochs:
         for steps in shards(epoch):
-            feed(net, steps)
+            feed(net, steps, tracker)
         values.append(tracker.add_saturations())
     tracker.close()
     return values
@@ -188,7 +191,10 @@ def single_process(epochs=(0, 1), **kwargs) -> list[dict]:
 def assert_close(actual: dict, expected: dict) -> None:
     assert set(actual) == set(expected)
     for key, value in expected.items():
-        np.testing.assert_allclose(np.asarray(actual[key]), value, rtol=1e-12, atol=1e-12, err_msg=key)
+        # The evaluation batches lie far from the training ones (an offset of 300): a probe fitted on
+        # these extrapolates to an R^2 of -1e11, which turns rounding of its weights into 1e-7 relative.
+        rtol = 1e-6 if "probe" in key else 1e-12
+        np.testing.assert_allclose(np.asarray(actual[key]), value, rtol=rtol, atol=1e-12, err_msg=key)
 
 
 def test_two_ranks_equal_one_process_on_all_the_data(results, ref) -> None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import pandas as pd
 
-from .layer_cost import LayerCost
+from .layer_cost import OUTPUT, LayerCost
 
 __all__ = [
     "CostModel",
@@ -33,6 +34,7 @@ __all__ = [
     "ROWS_PER_DRAW",
     "MAX_BATCHES_PER_DRAW",
     "WHOLE_SHARE",
+    "ROWS_PER_FEATURE",
 ]
 
 #: Above this estimated tracking work relative to training work, the tracker says so once.
@@ -42,7 +44,11 @@ ROWS_PER_DRAW = 256
 #: Most batches per draw: more would leave short epochs with no draw but their first (too few rows).
 MAX_BATCHES_PER_DRAW = 8
 #: The cheapest layers keep every row while, together, that costs at most this share of the budget.
-WHOLE_SHARE = 0.02
+WHOLE_SHARE = 0.1
+#: Rows per feature a layer's statistics need to be more than sampling noise (their error grows with
+#: ``sqrt(d / rows)``); fewer are flagged where users look, and an evaluation pass keeps every row until
+#: a layer holds this many per feature in the epoch.
+ROWS_PER_FEATURE = 20
 
 
 def _period(rate: float, rows: int) -> int:
@@ -78,14 +84,16 @@ def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
     >>> rows_per_feature_within([small, wide], budget=small.work + 10 * 64 * wide.work_per_row)
     10.0
     """
+    # A batch's map on the input route is paid whatever rows are kept.
+    budget -= sum(c.fixed_work(c.route) for c in costs)
     by_level = sorted(costs, key=lambda c: c.rows / c.features)
-    full = 0  # work of the layers already capped at all their rows
+    full = 0.0  # work of the layers already capped at all their rows
     for index, cost in enumerate(by_level):
         level = cost.rows / cost.features
         partial = sum(c.features * c.sampled_work_per_row for c in by_level[index:])
         if full + level * partial > budget:
-            return max(budget - full, 0.0) / partial
-        full += cost.work
+            return max(budget - full, 0.0) / partial if partial else math.inf
+        full += cost.rows * cost.work_per_row
     return math.inf
 
 
@@ -113,6 +121,7 @@ class CostModel:
         self._periods: dict[str, int] = {}
         self._whole: set[str] = set()  # cheap enough to keep every row
         self._level = math.inf  # rows per feature and batch that the budget allows
+        self._no_input: dict[str, str] = {}  # layers kept off the input route, and why
         self._lock = threading.Lock()
 
     def __contains__(self, layer: object) -> bool:
@@ -125,14 +134,46 @@ class CostModel:
             return list(self._costs.values())
 
     def note(self, cost: LayerCost) -> None:
-        """Record a layer's shapes (its first recorded pass only) and re-balance the budget."""
+        """Record a layer's shapes (its first recorded pass only), choose its route and re-balance the budget."""
         with self._lock:
             if cost.layer in self._costs:
                 return
-            self._costs[cost.layer] = cost
-            if self.max_overhead is not None:
-                self._rates = self._balance(list(self._costs.values()))
-                self._periods = {c.layer: _period(self._rates[c.layer], c.rows) for c in self._costs.values()}
+            self._costs[cost.layer] = replace(cost, route=cost.cheaper_route())
+            self._rebalance()
+
+    def keep_off_input_route(self, layer: str, reason: str) -> None:
+        """The layer's input route turned out not to be exact (``reason``): the output route from now on."""
+        with self._lock:
+            self._no_input[layer] = reason
+            cost = self._costs.get(layer)
+            if cost is not None:
+                self._costs[layer] = replace(cost, features_in=None, route=OUTPUT)
+                self._rebalance()
+
+    def route(self, layer: str) -> str:
+        """The layer's route: :data:`~delve.budget.layer_cost.OUTPUT` before it was seen."""
+        cost = self._costs.get(layer)
+        return OUTPUT if cost is None else cost.route
+
+    def route_note(self, layer: str) -> str:
+        """Why a layer is kept off the input route, or an empty string."""
+        return self._no_input.get(layer, "")
+
+    def _rebalance(self) -> None:
+        """Rates for the budget, then each layer's route at the rows it keeps (once more if one changed)."""
+        if self.max_overhead is None:
+            return
+        for _ in range(2):
+            self._rates = self._balance(list(self._costs.values()))
+            changed = False
+            for name, cost in self._costs.items():
+                route = cost.cheaper_route(self._rates[name] * cost.rows)
+                if route != cost.route:
+                    self._costs[name] = replace(cost, route=route)
+                    changed = True
+            if not changed:
+                break
+        self._periods = {c.layer: _period(self._rates[c.layer], c.rows) for c in self._costs.values()}
 
     def _balance(self, costs: list[LayerCost]) -> dict[str, float]:
         # Rows per feature are the rule, but a layer that costs next to nothing (a classifier head,
@@ -219,7 +260,9 @@ class CostModel:
         """One row per layer: the multiply-adds per batch and what they are estimated to cost.
 
         Columns: ``layer``, ``rows`` (per batch), ``features`` (``d``),
-        ``update`` (multiply-adds of the Gram product of every row),
+        ``route`` (``output``: the Gram product of the output rows; ``input``:
+        the input scatter mapped through the weights),
+        ``update`` (multiply-adds of the output Gram product of every row),
         ``training`` (multiply-adds of the layer's forward and backward),
         ``overhead`` (tracking every row against training, in training
         multiply-adds: products and passes over the rows weighted by
@@ -240,6 +283,7 @@ class CostModel:
                     "layer": name,
                     "rows": cost.rows,
                     "features": cost.features,
+                    "route": cost.route,
                     "update": cost.update,
                     "training": cost.training,
                     "overhead": cost.work / training,
@@ -248,5 +292,16 @@ class CostModel:
                     "kept_overhead": cost.kept_work(kept) / training,
                 }
             )
-        columns = ["layer", "rows", "features", "update", "training", "overhead", "share", "kept_rows", "kept_overhead"]
+        columns = [
+            "layer",
+            "rows",
+            "features",
+            "route",
+            "update",
+            "training",
+            "overhead",
+            "share",
+            "kept_rows",
+            "kept_overhead",
+        ]
         return pd.DataFrame.from_records(records, columns=columns)

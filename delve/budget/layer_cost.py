@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["LayerCost", "CostWeights", "layer_cost", "relative_cost", "UNIT_WEIGHTS"]
+__all__ = ["LayerCost", "CostWeights", "layer_cost", "relative_cost", "UNIT_WEIGHTS", "OUTPUT", "INPUT"]
 
 #: Training work relative to a forward pass: the backward computes two products of the same size.
 TRAINING_PER_FORWARD = 3
@@ -27,9 +27,13 @@ TRAINING_PER_FORWARD = 3
 ROWS_PER_CACHE_LINE = 16
 
 
+#: The two exact routes of a layer's covariance (:mod:`delve.engine.input_route`).
+OUTPUT, INPUT = "output", "input"
+
+
 @dataclass(frozen=True)
 class LayerCost:
-    """The shapes behind one layer's costs, from its first recorded forward pass.
+    """The shapes behind one layer's costs, from its first recorded forward pass, and its route.
 
     Attributes
     ----------
@@ -38,7 +42,7 @@ class LayerCost:
     rows : int
         Observation rows per batch.
     features : int
-        ``d``, the width of each row.
+        ``d``, the width of each row (the layer's output width).
     applications : int
         How often the layer applied its weights in that pass (output
         positions of a convolution, tokens of a linear layer).
@@ -53,6 +57,17 @@ class LayerCost:
         top, in the same unit: zero where rows lie contiguous (a linear
         layer's), large where each row is strided across the batch (a
         channels-first convolution's ``(N, H*W, C)`` view).
+    features_in : int or None
+        ``d_in`` of an affine layer that can take the input route; ``None``
+        when it cannot.
+    map_weight : float
+        What one multiply-add of the float64 map ``W S_x W^T`` costs.
+    input_shared : bool
+        Another layer computes the same input scatter in the same forward
+        pass: this one pays only its map.
+    route : str
+        :data:`OUTPUT` (the output rows' Gram product) or :data:`INPUT` (the
+        input scatter mapped through the weights).
     """
 
     layer: str
@@ -63,43 +78,75 @@ class LayerCost:
     product_weight: float = 1.0
     pass_weight: float = 0.0
     gather_weight: float = 0.0
+    features_in: int | None = None
+    map_weight: float = 1.0
+    input_shared: bool = False
+    route: str = OUTPUT
 
     @property
     def update_per_row(self) -> int:
-        """Multiply-adds to merge one row: its share of the upper-triangular Gram product."""
+        """Multiply-adds to merge one row on the output route: its share of the upper-triangular Gram product."""
         d = self.features
         return d * (d + 1) // 2
 
     @property
     def update(self) -> int:
-        """Multiply-adds to merge every row of a batch."""
+        """Multiply-adds to merge every row of a batch on the output route."""
         return self.rows * self.update_per_row
+
+    def row_work(self, route: str) -> float:
+        """What merging one row costs on ``route``, in multiply-adds of training: the product and the passes."""
+        if route == INPUT:
+            if self.input_shared:
+                return 0.0
+            d = self.features_in or 0
+            return d * (d + 1) // 2 * self.product_weight + d * self.pass_weight
+        return self.update_per_row * self.product_weight + self.features * self.pass_weight
+
+    def fixed_work(self, route: str) -> float:
+        """What a batch costs on ``route`` whatever its rows: the map ``W S_x W^T`` and adding it to the state."""
+        if route != INPUT:
+            return 0.0
+        d_in, d_out = self.features_in or 0, self.features
+        return d_out * d_in * (d_in + d_out / 2) * self.map_weight + 2 * d_out * d_out * self.pass_weight
 
     @property
     def work_per_row(self) -> float:
-        """What merging one row costs, in multiply-adds of training: the product and the passes."""
-        return self.update_per_row * self.product_weight + self.features * self.pass_weight
+        """What merging one row costs on the layer's route."""
+        return self.row_work(self.route)
 
     @property
     def sampled_work_per_row(self) -> float:
         """What merging one row costs when it is picked out of the batch by a budget."""
-        return self.work_per_row + self.features * self.gather_weight
+        width = self.features_in if self.route == INPUT else self.features
+        return self.work_per_row + (width or 0) * self.gather_weight
 
     @property
     def work(self) -> float:
         """What merging every row of a batch costs, in multiply-adds of training."""
-        return self.rows * self.work_per_row
+        return self.rows * self.work_per_row + self.fixed_work(self.route)
 
-    def kept_work(self, kept: float) -> float:
-        """What merging ``kept`` rows of a batch costs: picked out of it unless they are all its rows.
+    def kept_work(self, kept: float, route: str | None = None) -> float:
+        """What merging ``kept`` rows of a batch costs on ``route`` (the layer's): picked out of it unless
+        they are all its rows.
 
         A strided gather reads one cache line per element; once rows are
         kept that densely, it costs one read of the whole batch and no more.
         """
+        route = route or self.route
+        fixed = self.fixed_work(route)
         if kept >= self.rows:
-            return self.work
+            return self.rows * self.row_work(route) + fixed
+        width = (self.features_in if route == INPUT else self.features) or 0
         gathered = min(kept, self.rows / ROWS_PER_CACHE_LINE)
-        return kept * self.work_per_row + gathered * self.features * self.gather_weight
+        return kept * self.row_work(route) + gathered * width * self.gather_weight + fixed
+
+    def cheaper_route(self, kept: float | None = None) -> str:
+        """The route that merges ``kept`` rows (all of them by default) for less work."""
+        if self.features_in is None:
+            return OUTPUT
+        kept = self.rows if kept is None else kept
+        return INPUT if self.kept_work(kept, INPUT) < self.kept_work(kept, OUTPUT) else OUTPUT
 
     def worth_sampling(self, kept: float) -> bool:
         """Whether keeping ``kept`` rows costs less than keeping them all (picking rows is not free)."""
@@ -164,11 +211,16 @@ def layer_cost(
     features: int,
     weights: CostWeights = UNIT_WEIGHTS,
     strided: bool = False,
+    features_in: int | None = None,
+    map_weight: float | None = None,
+    input_shared: bool = False,
 ) -> LayerCost:
     """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
 
     ``weights`` is :func:`relative_cost` for the layer's device and dtypes;
-    ``strided`` says the observation's rows are not contiguous in memory.
+    ``strided`` says the observation's rows are not contiguous in memory;
+    ``features_in``, ``map_weight`` and ``input_shared`` describe the input
+    route where the layer can take it (see :class:`LayerCost`).
 
     Examples
     --------
@@ -188,6 +240,9 @@ def layer_cost(
         weights.product,
         weights.passes,
         gather,
+        features_in,
+        weights.product if map_weight is None else map_weight,
+        input_shared,
     )
 
 

@@ -58,7 +58,7 @@ class Recorder(Protocol):
 
     name: str
 
-    def record(self, module: nn.Module, output: Any, mode: str) -> bool: ...
+    def record(self, module: nn.Module, inputs: tuple, output: Any, mode: str) -> bool: ...
 
 
 class ForwardOrder:
@@ -108,11 +108,11 @@ class ForwardHook:
 
     def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
         if is_compiling():
-            _record_outside_compiler(self, module, output)
+            _record_outside_compiler(self, module, inputs, output)
         else:
-            self.record(module, output)
+            self.record(module, inputs, output)
 
-    def record(self, module: nn.Module, output: Any) -> None:
+    def record(self, module: nn.Module, inputs: Any, output: Any) -> None:
         owner = self.owner()
         if owner is None or not owner.is_recording() or _in_backward():
             return
@@ -120,9 +120,9 @@ class ForwardHook:
         mode = "train" if module.training else "eval"
         if torch.is_inference_mode_enabled():
             with torch.inference_mode(False):
-                recorded = recorder.record(module, output, mode)
+                recorded = recorder.record(module, inputs, output, mode)
         else:
-            recorded = recorder.record(module, output, mode)
+            recorded = recorder.record(module, inputs, output, mode)
         if recorded:
             self.order.note(recorder.name)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -89,7 +89,7 @@ class Batch:
         batch: ``False`` when it held NaN or Inf. A Python bool on a CPU, a
         0-d bool tensor on accelerators (reading it would synchronise).
     n : int
-        Number of rows (counted once, when the batch is made).
+        Number of rows (counted once, when the batch is made; given when ``rows`` holds none).
     samples : torch.Tensor or None
         ``(N, d)``: the output averaged per sample over positions and tokens
         (for live probes), when targets were set for this forward pass.
@@ -97,18 +97,25 @@ class Batch:
         ``(N, c)`` float64 target rows (one-hot for class indices).
     labels : torch.Tensor or None
         ``(N,)`` float64 class indices, for class targets.
+    mapped : MappedInput or None
+        On the input route (:mod:`delve.engine.input_route`): the input rows
+        that produced the kept output rows, and the layer's weights; the
+        covariance merges them instead of ``rows``, which other accumulators
+        read (it may then hold no rows at all while ``n`` says how many).
     """
 
     rows: torch.Tensor
     accepted: bool | torch.Tensor = True
-    n: int = field(init=False)
+    n: int = -1
     samples: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    mapped: Any = None
 
     def __post_init__(self) -> None:
-        d = self.rows.shape[-1] if self.rows.ndim else 0
-        self.n = self.rows.numel() // d if d else 0
+        if self.n < 0:
+            d = self.rows.shape[-1] if self.rows.ndim else 0
+            self.n = self.rows.numel() // d if d else 0
 
     @property
     def features(self) -> int:

@@ -17,6 +17,7 @@ import torch
 
 from ..common.validation import check_choice
 from .accumulator import Accumulator, AccumulatorContext, Batch
+from .input_route import MappedInput, merge_mapped
 from .moments import Moments, PendingRows, merge_on_cpu, merge_on_device, merge_sliced, pending_capacity, upper_indices
 from .precision import PRECISIONS, resolve_precision, tf32_products
 from .products import ProductPlan, choose_route, feature_blocks, to_device
@@ -173,6 +174,9 @@ class TorchCovarianceMatrix(Accumulator):
     @torch.no_grad()
     def accumulate(self, batch: Batch) -> None:
         """Merge the batch's rows and give the verdict every other accumulator of the layer follows."""
+        if batch.mapped is not None:
+            self._accumulate_mapped(batch)
+            return
         x, n = batch.rows, batch.n
         if n == 0:
             return
@@ -203,6 +207,21 @@ class TorchCovarianceMatrix(Accumulator):
         if not accepted:
             self.add_to("rejected", torch.ones((), dtype=torch.int64))
         batch.accepted = accepted
+
+    def _accumulate_mapped(self, batch: Batch) -> None:
+        """The input route (:mod:`delve.engine.input_route`): exact per batch, with that batch's weights."""
+        mapped_input: MappedInput = batch.mapped
+        if batch.n == 0:
+            return
+        d = mapped_input.view.features_out
+        moments = self.moments if self.moments is not None else self._allocate(d, mapped_input.view.rows.device)
+        if d != moments.mean.shape[0]:
+            raise ValueError(f"feature size changed from {moments.mean.shape[0]} to {d}; reset() the accumulator first")
+        self.flush()  # rows an earlier output-route batch held back go first
+        assert self._plan is not None
+        batch.accepted = merge_mapped(moments, mapped_input, self._plan)
+        if batch.accepted is False:
+            self.add_to("rejected", torch.ones((), dtype=torch.int64))
 
     def _allocate(self, d: int, device: torch.device) -> Moments:
         if self.device is None:

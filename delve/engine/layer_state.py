@@ -73,6 +73,8 @@ class LayerState:
         Forward passes seen this epoch (``log_interval`` counts them).
     rows_offered : int
         Rows offered this epoch (``max_samples`` counts them).
+    rows_kept : int
+        Rows kept this epoch (offered, less what a budget left out).
     """
 
     layer: str
@@ -80,6 +82,7 @@ class LayerState:
     accumulators: dict[str, Accumulator] = field(default_factory=dict)
     forward_calls: int = 0
     rows_offered: int = 0
+    rows_kept: int = 0
 
     @property
     def covariance(self) -> TorchCovarianceMatrix:
@@ -95,13 +98,13 @@ class LayerState:
         """Forget what was accumulated and the epoch's counters."""
         for accumulator in self.accumulators.values():
             accumulator.reset()
-        self.forward_calls = 0
-        self.rows_offered = 0
+        self.restart_counters()
 
     def restart_counters(self) -> None:
-        """A new epoch for ``log_interval`` and ``max_samples``; the accumulators keep their rows."""
+        """A new epoch for ``log_interval``, ``max_samples`` and the budget; the accumulators keep their rows."""
         self.forward_calls = 0
         self.rows_offered = 0
+        self.rows_kept = 0
 
     def empty_like(self) -> LayerState:
         """A fresh state with the same accumulators (random streams continue)."""
@@ -110,7 +113,7 @@ class LayerState:
     def copy(self) -> LayerState:
         """An independent copy (the live state keeps accumulating)."""
         copy = LayerState(self.layer, self.mode, {key: acc.copy() for key, acc in self.accumulators.items()})
-        copy.forward_calls, copy.rows_offered = self.forward_calls, self.rows_offered
+        copy.forward_calls, copy.rows_offered, copy.rows_kept = self.forward_calls, self.rows_offered, self.rows_kept
         return copy
 
     def merge(self, other: LayerState) -> None:
@@ -119,6 +122,7 @@ class LayerState:
             accumulator.merge(other.accumulators[key])
         self.forward_calls += other.forward_calls
         self.rows_offered += other.rows_offered
+        self.rows_kept += other.rows_kept
 
     def state_dict(self) -> dict[str, Any]:
         """Accumulators and counters, tensors and plain Python values only."""
@@ -126,6 +130,7 @@ class LayerState:
             "accumulators": {key: acc.state_dict() for key, acc in self.accumulators.items()},
             "forward_calls": self.forward_calls,
             "rows_offered": self.rows_offered,
+            "rows_kept": self.rows_kept,
         }
 
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
@@ -142,6 +147,7 @@ class LayerState:
                 accumulator.load_state_dict(saved, device)
         self.forward_calls = int(state["forward_calls"])
         self.rows_offered = int(state["rows_offered"])
+        self.rows_kept = int(state.get("rows_kept", self.rows_offered))
 
 
 def _accumulators_by_key(state: Mapping[str, Any]) -> Mapping[str, Any]:

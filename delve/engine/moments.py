@@ -101,6 +101,34 @@ class Moments:
         self.mean.add_(delta, alpha=count / n)
         self.count = n
 
+    def add_batch(self, mean: torch.Tensor, comoment: torch.Tensor, count: int) -> None:
+        """Merge one batch's mean and full (symmetric) co-moment, in place, keeping the upper blocks valid.
+
+        Cheaper than :meth:`absorb`: the state is not mirrored first, since
+        adding a symmetric matrix keeps its upper block triangle right.
+        """
+        n_a, n = self.count, self.count + count
+        delta = mean.to(self.mean) - self.mean
+        self.comoment.add_(comoment.to(self.comoment)).addr_(delta, delta, alpha=n_a * count / n)
+        self.mean.add_(delta, alpha=count / n)
+        self.count = n
+
+    def add_batch_on_device(
+        self, mean: torch.Tensor, comoment: torch.Tensor, count: int, verdict: torch.Tensor
+    ) -> None:
+        """:meth:`add_batch` without reading anything back: a rejected batch (``verdict`` false) adds nothing."""
+        assert self.device_count is not None and self.device_rejected is not None
+        accepted = verdict.to(torch.int64) * count
+        new_count = self.device_count + accepted
+        total = new_count.clamp_min(1).to(self.mean.dtype)
+        delta = torch.where(verdict, mean.to(self.mean), self.mean) - self.mean
+        weight = (self.device_count * accepted).to(self.mean.dtype) / total
+        self.comoment.add_(torch.where(verdict, comoment.to(self.comoment), 0.0))
+        self.comoment.add_(torch.outer(delta, delta) * weight)
+        self.mean.add_(delta * (accepted.to(self.mean.dtype) / total))
+        self.device_count.copy_(new_count)
+        self.device_rejected.add_((~verdict).to(torch.int64))
+
     def packed(self) -> dict[str, torch.Tensor]:
         """Mean and the co-moment's upper triangle (row by row): half the matrix, for a checkpoint."""
         rows, columns = upper_indices(self.mean.shape[0], self.mean.device)

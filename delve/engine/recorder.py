@@ -18,14 +18,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..budget.cost_model import CostModel
-from ..budget.layer_cost import layer_cost, relative_cost
+from ..budget.cost_model import ROWS_PER_FEATURE, CostModel
 from ..budget.row_sampler import RowSampler
+from ..capture.affine import AffineView
 from ..capture.observation import ObservationConfig, ObserverEntry, find_observer, observe
+from ..capture.rows import gather_rows
 from ..common.torch_features import autocast_enabled
 from .accumulator import Batch
+from .input_route import MappedInput, ScatterCache
+from .layer_route import LayerRoute, input_source
 from .layer_state import LayerState, StateSpec
-from .precision import resolve_precision, state_device
+from .precision import state_device
 from .products import to_device
 from .targets import Targets, TargetSlot
 
@@ -45,6 +48,8 @@ class RecordingSettings:
     sampler: RowSampler | None = None
     # With a probe statistic: where set_targets() puts the targets of the forward passes that follow.
     targets: TargetSlot | None = None
+    # Input scatters of the forward pass under way, shared by the layers that read the same input.
+    scatters: ScatterCache | None = field(default_factory=ScatterCache)
 
 
 class LayerRecorder:
@@ -65,6 +70,9 @@ class LayerRecorder:
         self.settings = settings
         self.observer = observer
         self.modes: dict[str, LayerState] = {}
+        self.route = LayerRoute(
+            name, settings.costs, settings.observation, settings.states.precision, settings.scatters
+        )
         self._warned_unpooled = False
         # Hooks may run concurrently (DataParallel replicas, user threads).
         self.lock = threading.Lock()
@@ -77,7 +85,7 @@ class LayerRecorder:
         return state
 
     @torch.no_grad()
-    def record(self, module: nn.Module, output: object, mode: str) -> bool:
+    def record(self, module: nn.Module, inputs: tuple, output: object, mode: str) -> bool:
         """Merge one forward pass; returns whether it was recorded."""
         settings = self.settings
         with self.lock:
@@ -96,20 +104,25 @@ class LayerRecorder:
             home = settings.states.device or state_device(rows.device)
             if rows.device != home:
                 rows = to_device(rows, home)
+            view = self.route.view(module, inputs, output, rows, home)
             d = rows.shape[-1]
             n = rows.numel() // d if d else 0
             if left is not None and n > left:
                 rows = rows.reshape(-1, d)[:left]
+                if view is not None:
+                    view = AffineView(view.rows.reshape(-1, view.features_in)[:left], view.weight, view.bias)
                 n = left
             state.rows_offered += n
-            kept = self._within_budget(module, output, rows, n, d, first=call == 0)
+            batch = self._kept(state, rows, n, view, first=call == 0)
             targets = settings.targets.current if settings.targets is not None else None
-            if kept is None and targets is None:
-                return True  # a batch the budget skips for this layer
-            # A batch the budget skips still feeds the probes: they rest on every sample.
-            batch = Batch(kept if kept is not None else rows.reshape(-1, d)[:0])
+            if batch is None:
+                if targets is None:
+                    return True  # a batch the budget skips for this layer
+                # A batch the budget skips still feeds the probes: they rest on every sample.
+                batch = Batch(rows.reshape(-1, d)[:0])
             if targets is not None:
                 self._attach_targets(batch, module, output, targets, home)
+            state.rows_kept += batch.n
             if autocast_enabled(rows.device.type):
                 # Autocast would run the Gram product in half precision.
                 with torch.autocast(rows.device.type, enabled=False):
@@ -118,35 +131,59 @@ class LayerRecorder:
                 state.accumulate(batch)
             return True
 
-    def _within_budget(
-        self, module: nn.Module, output: object, rows: torch.Tensor, n: int, d: int, first: bool
-    ) -> torch.Tensor | None:
-        """The rows the budget lets this layer keep: all without one, ``None`` for a batch it skips.
+    def _kept(
+        self, state: LayerState, rows: torch.Tensor, n: int, view: AffineView | None, first: bool
+    ) -> Batch | None:
+        """The batch of the rows the budget lets this layer keep: all without one, ``None`` for a batch it skips.
 
         A layer drawing from one batch in ``m`` (:meth:`~delve.budget.cost_model.CostModel.period`)
         keeps its share from the epoch's ``first`` batch, so no epoch is left
         empty, and ``m`` times its share from each other batch it draws from:
-        either way a row is kept with probability ``share / n``.
+        either way a row is kept with probability ``share / n``. An
+        evaluation pass keeps every row until the layer holds
+        :data:`~delve.budget.cost_model.ROWS_PER_FEATURE` rows per feature in
+        the epoch: it has no backward to hide behind, and is usually short.
+        On the input route the same rows of the input are kept.
         """
         settings = self.settings
-        costs = settings.costs
-        if self.name not in costs:
-            exact = resolve_precision(settings.states.precision, rows.device) == "float64"
-            product = torch.float64 if exact else torch.float32
-            weights = relative_cost(rows.device.type, product, rows.dtype)
-            costs.note(layer_cost(self.name, module, output, n, d, weights, strided=not rows.is_contiguous()))
-        sampler = settings.sampler
-        if sampler is None:
-            return rows
-        keep = costs.rows_to_keep(self.name, n)
+        d = rows.shape[-1]
+        keep = n
+        if settings.sampler is not None and not (state.mode == "eval" and state.rows_kept < ROWS_PER_FEATURE * d):
+            keep = settings.costs.rows_to_keep(self.name, n)
         if keep >= n:
-            return rows
-        period = costs.period(self.name)
+            return self._batch(state, rows, n, view, None, None)
+        sampler = settings.sampler
+        assert sampler is not None
+        period = settings.costs.period(self.name)
         if period > 1 and not first:
             if not sampler.chance(1.0 / period):
                 return None
             keep = min(n, keep * period)
-        return sampler.select(rows, keep)
+        if view is None:
+            return self._batch(state, gather_rows(rows, sampler.indices(n, keep, rows.device)), keep, None, None, None)
+        source = input_source(view)
+        if settings.scatters is not None:
+            indices = settings.scatters.shared_draw(source, n, keep, lambda: sampler.indices(n, keep, rows.device))
+        else:
+            indices = sampler.indices(n, keep, rows.device)
+        kept_view = AffineView(gather_rows(view.rows, indices), view.weight, view.bias)
+        # The output rows are gathered only for the accumulators that read them.
+        kept_rows = gather_rows(rows, indices) if len(state.accumulators) > 1 else rows.reshape(-1, d)[:0]
+        return self._batch(state, kept_rows, keep, kept_view, source, id(indices))
+
+    def _batch(
+        self,
+        state: LayerState,
+        rows: torch.Tensor,
+        n: int,
+        view: AffineView | None,
+        source: torch.Tensor | None,
+        kept: object,
+    ) -> Batch:
+        if view is None:
+            return Batch(rows, n=n)
+        source = source if source is not None else input_source(view)
+        return Batch(rows, n=n, mapped=MappedInput(view, source, kept, self.settings.scatters))
 
     def _attach_targets(
         self, batch: Batch, module: nn.Module, output: object, targets: Targets, home: torch.device

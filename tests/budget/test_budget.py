@@ -30,6 +30,10 @@ from delve.engine.accumulator import Accumulator, Batch
 from delve.engine.states import BottomK
 
 
+class Dense(nn.Linear):
+    """A Linear the input route does not take (a subclass may have its own forward): these tests sample rows."""
+
+
 def test_cost_table_counts_the_work_by_hand() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 64))
     with SaturationTracker("c", modules=model, nosave=True) as tracker:
@@ -69,7 +73,7 @@ def test_a_widening_layer_is_named_once_with_the_remedy() -> None:
 
 def test_water_filling_gives_equal_rows_per_feature_up_to_the_rows_a_layer_has() -> None:
     costs = [
-        LayerCost("narrow", rows=10_000, features=16, applications=10_000, weight_elements=16 * 16),
+        LayerCost("narrow", rows=10_000, features=64, applications=10_000, weight_elements=64 * 64),
         LayerCost("wide", rows=10_000, features=512, applications=10_000, weight_elements=512 * 64),
         LayerCost("scarce", rows=40, features=256, applications=40, weight_elements=256 * 256),
     ]
@@ -207,12 +211,12 @@ def test_the_batch_coin_is_saved_and_a_state_saved_without_it_still_loads() -> N
 
 def _budget_run(seed: int, batches: list[torch.Tensor], max_overhead: float) -> tuple[dict, int]:
     """Saturation values of one budgeted epoch, and the layer's period (batches per draw)."""
-    layer = nn.Linear(12, 48).double()
+    layer = Dense(12, 48).double()
     torch.manual_seed(0)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))
         layer.bias.zero_()
-    tracker = SaturationTracker("b", modules=layer, nosave=True, stats=["cov"], max_overhead=max_overhead)
+    tracker = SaturationTracker("b", modules={"linear": layer}, nosave=True, stats=["cov"], max_overhead=max_overhead)
     tracker._settings.sampler.seed = seed
     tracker._settings.sampler.load_state_dict({})  # reseeded: rows and batches drawn from seed
     with torch.no_grad():
@@ -229,7 +233,7 @@ def _budget_run(seed: int, batches: list[torch.Tensor], max_overhead: float) -> 
 def test_the_sampled_covariance_averages_to_the_exact_one(max_overhead: float, drawn_from: str) -> None:
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randn(2000, 12, generator=generator, dtype=torch.float64) * 3 + 1 for _ in range(12)]
-    layer = nn.Linear(12, 48).double()
+    layer = Dense(12, 48).double()
     torch.manual_seed(0)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))

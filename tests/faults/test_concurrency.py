@@ -159,12 +159,17 @@ def probe_statistics():
 def test_every_statistic_of_a_layer_sees_the_rows_of_its_covariance(probe_statistics) -> None:
     net = model()
     probe = ForwardDuringCompute(net)
-    register_statistic(Statistic("probe", "rows-in-covariance", probe))
+    register_statistic(Statistic("in-covariance", "rows-in-covariance", probe))
     register_statistic(
         Statistic("extra", "rows-in-extra", lambda s: s.accumulators["extra"].count, accumulator=MeanAbsoluteActivity)
     )
     tracker = SaturationTracker(
-        "t", modules=net, nosave=True, stats=["probe", "extra", "embed"], embed_size=10_000, reset_covariance=False
+        "t",
+        modules=net,
+        nosave=True,
+        stats=["in-covariance", "extra", "embed"],
+        embed_size=10_000,
+        reset_covariance=False,
     )
     with torch.no_grad():
         for rows in (20, 30):

@@ -41,6 +41,7 @@ from .statistics.metrics import (
 from .statistics.registry import Statistic, register_statistic
 from .statistics.spectra import eigenvalues, spectra, spectrum
 from .tracking.tracker import CheckLayerSat, SaturationTracker
+from .verdicts import receptive_field
 from .writers.registry import register_writer
 
 __version__ = "0.2.0"
@@ -79,5 +80,6 @@ __all__ = [
     "Conv2DPCALayer",
     "change_all_pca_layer_thresholds",
     "change_all_pca_layer_thresholds_and_inject_random_directions",
+    "receptive_field",
     "__version__",
 ]

@@ -6,6 +6,7 @@ The references are written from the definitions in docs/saturation.rst with nump
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -72,17 +73,28 @@ def rel_fro(actual, expected) -> float:
 
 
 def reference_stats(rows, threshold: float = 0.99) -> dict[str, object]:
-    """Every scalar statistic of docs/saturation.rst computed with numpy on the rows."""
+    """Every scalar statistic of docs/saturation.rst computed with numpy on the rows.
+
+    Fewer rows than features span fewer directions than the layer has: the
+    statistics of the spectrum's shape are then missing (NaN), and the rows
+    are logged beside them.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    rows = rows.reshape(rows.shape[0], -1)
     cov = np_cov(rows)
     values = np_eigenvalues(cov)
-    return {
+    too_few = rows.shape[0] < rows.shape[1]
+    out = {
         "cov": cov,
-        "saturation": np_saturation(cov, threshold),
-        "intrinsic-dimensionality": np_idim(cov, threshold),
+        "saturation": math.nan if too_few else np_saturation(cov, threshold),
+        "intrinsic-dimensionality": math.nan if too_few else np_idim(cov, threshold),
         "covariance-trace": float(np.trace(cov)),
         "diagonal-trace": float(values.sum()),
-        "covariance-log-determinant": np_logdet(cov),
+        "covariance-log-determinant": math.nan if too_few else np_logdet(cov),
     }
+    if too_few:
+        out["rows"] = rows.shape[0]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ _BUILTINS = (
         "k / d, in [0, 1]",
         bounds=(0.0, 1.0),
         averaged=True,
+        needs_rows=True,
     ),
     Statistic(
         "idim",
@@ -47,6 +48,7 @@ _BUILTINS = (
         lambda s: metrics.intrinsic_dimensionality(s.spectrum.values, s.threshold),
         "k: the fewest eigen-directions holding ``sat_threshold`` (0.99) of the variance",
         bounds=(0.0, None),
+        needs_rows=True,
     ),
     Statistic(
         "cov",
@@ -60,6 +62,7 @@ _BUILTINS = (
         "covariance-log-determinant",
         lambda s: metrics.log_determinant(s.spectrum.values),
         "natural log of det(Q)",
+        needs_rows=True,
     ),
     Statistic(
         "trc",
@@ -90,6 +93,7 @@ _BUILTINS = (
         lambda s: metrics.effective_rank(s.spectrum.values),
         "exp of the entropy of the normalised eigenvalues",
         bounds=(0.0, None),
+        needs_rows=True,
     ),
     Statistic(
         "pr",
@@ -97,12 +101,14 @@ _BUILTINS = (
         lambda s: metrics.participation_ratio(s.spectrum.values),
         "(sum of eigenvalues)² / sum of their squares",
         bounds=(0.0, None),
+        needs_rows=True,
     ),
     Statistic(
         "alpha",
         "spectral-decay",
         lambda s: metrics.spectral_decay_exponent(s.spectrum.values),
         "power-law decay exponent of the eigenvalues",
+        needs_rows=True,
     ),
     Statistic(
         "dorm",

@@ -12,6 +12,7 @@ records too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +114,9 @@ def compute_statistics(
     average : bool
         Also give the mean over layers of every averaged statistic.
     rows : bool
-        Also give the rows each layer and mode merged (``<mode>-rows_<layer>``).
+        Give the rows each layer and mode merged (``<mode>-rows_<layer>``)
+        everywhere (under a budget); without it, only beside the values of
+        layers with fewer rows than features, which are missing.
     options : mapping, optional
         Settings statistics read (``probe_ridge``), as
         :attr:`~delve.statistics.registry.LayerSummary.options`.
@@ -154,8 +157,10 @@ def compute_statistics(
             fitted_on=trained.get(state.layer),
             options=dict(options or {}),
         )
+        # Fewer rows than features span fewer directions than the layer has: not a finding.
+        too_few = summary.count < summary.num_features
         for statistic in statistics:
-            value = statistic.compute(summary)
+            value = math.nan if statistic.needs_rows and too_few else statistic.compute(summary)
             if statistic.parts:
                 values.extend(
                     LoggedValue(state.mode, state.layer, name, value[part.name])
@@ -168,12 +173,12 @@ def compute_statistics(
                 if not layerwise:
                     continue
             values.append(LoggedValue(state.mode, state.layer, statistic.name, value))
-        if rows:
+        if rows or too_few:
             values.append(LoggedValue(state.mode, state.layer, ROWS, summary.count))
     if average:
         for mode in MODES:
             for statistic in statistics:
-                per_layer = averaged.get((mode, statistic.average_name))
+                per_layer = [value for value in averaged.get((mode, statistic.average_name), []) if value == value]
                 if per_layer:
                     values.append(LoggedValue(mode, None, statistic.average_name, float(np.mean(per_layer))))
     for state in states:
@@ -183,19 +188,19 @@ def compute_statistics(
     return values
 
 
-def describe_run(layers: Sequence[str], keys: Sequence[str], average: bool = False, rows: bool = False) -> RunRecord:
+def describe_run(layers: Sequence[str], keys: Sequence[str], average: bool = False) -> RunRecord:
     """The names :func:`compute_statistics` can log for these layers and keys.
 
     Examples
     --------
     >>> record = describe_run(["fc"], ["lsat"], average=True)
     >>> record.statistics, record.mode_statistics
-    (('saturation', 'nonfinite-batches'), ('average-saturation',))
+    (('saturation', 'nonfinite-batches', 'rows'), ('average-saturation',))
     """
     statistics = [STATISTICS[key] for key in keys]
     logged = tuple(name for statistic in statistics for name in statistic.logged_names)
     return RunRecord(
         layers=tuple(layers),
-        statistics=(*logged, NONFINITE_BATCHES, *((ROWS,) if rows else ())),
+        statistics=(*logged, NONFINITE_BATCHES, ROWS),
         mode_statistics=tuple(s.average_name for s in statistics if s.averaged) if average else (),
     )

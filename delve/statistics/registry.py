@@ -136,6 +136,10 @@ class Statistic:
         Which direction is good news, where one is (``None``: neither).
     needs_vectors : bool
         Whether it needs eigenvectors (``eigh`` instead of ``eigvalsh``).
+    needs_rows : bool
+        Whether it reads the spectrum's shape, which fewer rows than features
+        cannot show (``n`` rows span at most ``n - 1`` directions): from fewer,
+        it is logged as missing (NaN), never as a small value.
     scalar : bool
         ``False`` for arrays, which only array-capable writers store.
     accumulator : type, optional
@@ -162,6 +166,7 @@ class Statistic:
     averaged: bool = False
     higher_is_better: bool | None = None
     needs_vectors: bool = False
+    needs_rows: bool = False
     scalar: bool = True
     accumulator: type[Accumulator] | None = None
     parts: tuple[Part, ...] = ()

@@ -12,14 +12,12 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 
-from ..budget.cost_model import EXPENSIVE_SHARE, CostModel
+from ..budget.cost_model import EXPENSIVE_SHARE, ROWS_PER_FEATURE, CostModel
 from ..statistics.epoch import LoggedValue
 from ..statistics.registry import NONFINITE_BATCHES, ROWS
 
 __all__ = ["Notices", "ROWS_PER_FEATURE"]
 
-#: Fewer rows than this many per feature leave a spectrum that is mostly sampling noise.
-ROWS_PER_FEATURE = 20
 
 
 class Notices:
@@ -54,11 +52,25 @@ class Notices:
     def sparse(
         self, logged: Sequence[LoggedValue], features: Mapping[str, int], costs: CostModel, stacklevel: int = 4
     ) -> None:
-        """Warn once per layer and mode whose rows in an epoch fall short of :data:`ROWS_PER_FEATURE` per feature."""
+        """Warn once per layer and mode whose rows in an epoch fall short: of :data:`ROWS_PER_FEATURE` per feature
+        under a budget (it could keep more), of one per feature otherwise (its spectrum statistics are missing).
+        """
+        budgeted = costs.max_overhead is not None
         for value in logged:
             d = features.get(value.layer or "", 0)
             key = (value.layer, value.mode)
-            if value.statistic != ROWS or not d or value.value >= ROWS_PER_FEATURE * d or key in self._sparse:
+            floor = ROWS_PER_FEATURE * d if budgeted else d
+            if value.statistic != ROWS or not d or value.value >= floor or key in self._sparse:
+                continue
+            if not budgeted:
+                self._sparse.add(key)
+                warnings.warn(
+                    f"delve: layer {value.layer!r} ({value.mode}) merged {value.value} rows for {d} features in this "
+                    "epoch: fewer rows than features span fewer directions than it has, so its spectrum statistics "
+                    "are logged as missing (NaN)",
+                    RuntimeWarning,
+                    stacklevel=stacklevel,
+                )
                 continue
             self._sparse.add(key)
             needed = costs.overhead_for(value.layer or "", ROWS_PER_FEATURE * d / max(value.value, 1))

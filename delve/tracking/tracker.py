@@ -130,7 +130,7 @@ class SaturationTracker:
     def run_record(self) -> RunRecord:
         """What this tracker logs: its layers and statistic names (given to every writer)."""
         config = self.config
-        return describe_run(list(self._recorders), config.stats, config.average_sat, config.max_overhead is not None)
+        return describe_run(list(self._recorders), config.stats, config.average_sat)
 
     def cost(self) -> pd.DataFrame:
         """The estimated cost of tracking each layer against training it, per batch.

@@ -123,8 +123,8 @@ _BUILTINS = (
         "probe",
         "probe",
         probe_values,
-        "a ridge least-squares probe of the pooled outputs, fitted live on the epoch's training samples "
-        "(targets from ``set_targets``)",
+        "R² (``probe-r2``) and class accuracy (``probe-accuracy``) of a ridge probe of the outputs averaged "
+        "per sample, fitted live on the epoch's training samples",
         accumulator=ProbeMoments,
         parts=(
             Part("r2", "R² of the probe's predictions (training: in-sample)", (None, 1.0), higher_is_better=True),

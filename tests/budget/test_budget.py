@@ -384,3 +384,61 @@ def test_auto_precision_under_a_budget_multiplies_in_float32_and_an_explicit_cho
             model(torch.randn(64, 8))
         assert tracker._recorders["0"].modes["train"].covariance.precision == expected
         tracker.close()
+
+
+def _digits_mlp_run(max_overhead: float | None) -> dict:
+    """The issue's case: an MLP 64-256-256-10 on digits, 22 training batches of 64 and one evaluation batch of 397."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    tracker = SaturationTracker("d", modules=model, nosave=True, max_overhead=max_overhead, precision="float64")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for start in range(0, 22 * 64, 64):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64]).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        model(x[-397:])
+    kept = {layer: tracker._settings.costs.rows_to_keep(layer, 64) for layer in ("0", "2", "4")}
+    values = tracker.add_saturations()
+    tracker.close()
+    return {"values": values, "kept": kept}
+
+
+def test_a_budget_keeps_every_row_of_cheap_layers_and_of_a_short_evaluation() -> None:
+    exact = _digits_mlp_run(None)["values"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the 256-wide layers have fewer than 20 rows per feature
+        budgeted = _digits_mlp_run(0.05)
+    # The 10-wide head costs next to nothing: it keeps all 64 rows of every batch, and its values are exact.
+    assert budgeted["kept"]["4"] == 64
+    assert budgeted["values"]["train-rows_4"] == 22 * 64
+    assert budgeted["values"]["train-saturation_4"] == exact["train-saturation_4"]
+    # The evaluation pass (397 rows, fewer than 20 per feature of a 256-wide layer) is kept whole.
+    for layer in ("0", "2", "4"):
+        assert budgeted["values"][f"eval-rows_{layer}"] == 397
+        assert budgeted["values"][f"eval-saturation_{layer}"] == exact[f"eval-saturation_{layer}"], layer
+    # The wide layers do sample their training rows, and report how many they kept.
+    assert budgeted["kept"]["2"] < 64
+
+
+def test_fewer_rows_than_features_are_missing_values_with_the_rows_beside_them() -> None:
+    layer = nn.Linear(4, 32)
+    with SaturationTracker("f", modules=layer, nosave=True, stats=["lsat", "idim", "trc"]) as tracker:
+        with torch.no_grad():
+            layer(torch.randn(20, 4))  # 20 rows for 32 features
+        with pytest.warns(RuntimeWarning, match="fewer rows than features"):
+            values = tracker.add_saturations()
+    assert math.isnan(values["train-saturation_linear"]) and math.isnan(values["train-intrinsic-dimensionality_linear"])
+    assert values["train-rows_linear"] == 20
+    assert values["train-covariance-trace_linear"] > 0  # a trace needs no more rows than it has
+
+
+def test_a_max_overhead_above_one_names_the_fraction_probably_meant() -> None:
+    with pytest.raises(ValueError, match=r"0\.05 means 5 %.*did you mean max_overhead=0\.05\?"):
+        SaturationTracker("v", modules=nn.Linear(2, 2), nosave=True, max_overhead=5)

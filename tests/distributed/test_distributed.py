@@ -138,6 +138,17 @@ def run_rank(rank: int, folder: str) -> None:
         out["ddp_weights"] = {k: v.tolist() for k, v in model.state_dict().items()}
         tracker.close()
 
+        # 4b. a widening layer on the input route, uneven rows per rank.
+        torch.manual_seed(13)
+        wide = nn.Linear(6, 48).double()
+        tracker = SaturationTracker("z", modules=wide, stats=["cov"], nosave=True)
+        with torch.no_grad():
+            for batch in wide_batches(rank):
+                wide(batch)
+        out["wide_route"] = tracker.cost()["route"].tolist()
+        out["wide"] = tracker.add_saturations()["train-covariance-matrix_linear"].tolist()
+        tracker.close()
+
         # 4. an extra accumulator (mean |x| for `dorm`), one rank without rows.
         activity = MeanAbsoluteActivity()
         activity.update(activity_rows(rank))
@@ -150,6 +161,11 @@ def run_rank(rank: int, folder: str) -> None:
         Path(folder, f"result{rank}.json").write_text(json.dumps(out))
     finally:
         dist.destroy_process_group()
+
+
+def wide_batches(rank: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(60 + rank)
+    return [torch.randn(200 + 90 * rank, 6, generator=generator, dtype=torch.float64) * 2 + rank for _ in range(2)]
 
 
 def activity_rows(rank: int) -> torch.Tensor:
@@ -283,3 +299,13 @@ def test_extra_accumulators_merge_across_ranks(results) -> None:
         np.testing.assert_allclose(result["activity_one_rank"], rank0, rtol=1e-12)
     # the local accumulators are left as they were
     np.testing.assert_allclose(results[1]["activity_local"], rank1, rtol=1e-12)
+
+
+def test_the_input_route_merges_across_ranks_exactly(results, ref) -> None:
+    torch.manual_seed(13)
+    wide = nn.Linear(6, 48).double()
+    with torch.no_grad():
+        rows = torch.cat([wide(batch) for rank in range(WORLD) for batch in wide_batches(rank)]).numpy()
+    for rank_result in results:
+        assert rank_result["wide_route"] == ["input"]
+        np.testing.assert_allclose(rank_result["wide"], ref.cov(rows), rtol=1e-11, atol=1e-13)

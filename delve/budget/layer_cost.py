@@ -13,13 +13,14 @@ operation cost (:func:`relative_cost`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["LayerCost", "CostWeights", "layer_cost", "relative_cost", "UNIT_WEIGHTS"]
+__all__ = ["LayerCost", "CostWeights", "layer_cost", "relative_cost", "training_rate", "UNIT_WEIGHTS"]
 
 #: Training work relative to a forward pass: the backward computes two products of the same size.
 TRAINING_PER_FORWARD = 3
@@ -53,6 +54,10 @@ class LayerCost:
         top, in the same unit: zero where rows lie contiguous (a linear
         layer's), large where each row is strided across the batch (a
         channels-first convolution's ``(N, H*W, C)`` view).
+    training_rate : float
+        Training multiply-adds per second on the layer's device
+        (:func:`training_rate`), to turn work into an estimated time; ``0``
+        where unknown.
     """
 
     layer: str
@@ -63,6 +68,7 @@ class LayerCost:
     product_weight: float = 1.0
     pass_weight: float = 0.0
     gather_weight: float = 0.0
+    training_rate: float = 0.0
 
     @property
     def update_per_row(self) -> int:
@@ -105,6 +111,16 @@ class LayerCost:
         """Whether keeping ``kept`` rows costs less than keeping them all (picking rows is not free)."""
         return kept < self.rows and self.kept_work(kept) < self.work
 
+    def seconds(self, rows: float) -> float:
+        """Estimated time to merge ``rows`` rows, from :attr:`training_rate`; NaN where the rate is unknown.
+
+        Examples
+        --------
+        >>> LayerCost("fc", 32, 64, 32, 64 * 64, training_rate=1e9).seconds(1000)  # 1000 x 64 x 65 / 2
+        0.00208
+        """
+        return rows * self.work_per_row / self.training_rate if self.training_rate > 0 else math.nan
+
     @property
     def training(self) -> int:
         """Multiply-adds of the layer's forward and backward pass on a batch."""
@@ -131,6 +147,33 @@ _RELATIVE_COSTS: dict[tuple[str, bool], tuple[dict[torch.dtype, float], float, f
     ("cuda", False): ({torch.float64: 1.0, torch.float32: 1.0}, 4.0, 32.0),
     ("cuda", True): ({torch.float64: 15.0, torch.float32: 15.0}, 4.0, 32.0),
 }
+
+
+#: ``(device type, training dtype is half) -> training multiply-adds per second``: orders of magnitude
+#: that turn an estimated work into an estimated time, not measurements of the machine at hand. The
+#: CPU figure is the MLP of docs/performance.rst on 2 cores (about 9e10 in a bare step), rounded down;
+#: the CUDA figures are about half the datasheet peaks of current data-centre GPUs (float32 without
+#: TensorFloat-32, and bf16/fp16 tensor cores). Other devices get :data:`OTHER_TRAINING_RATE`.
+_TRAINING_RATES: dict[tuple[str, bool], float] = {
+    ("cpu", False): 5e10,
+    ("cpu", True): 5e10,
+    ("cuda", False): 1e13,
+    ("cuda", True): 1e14,
+}
+#: Training multiply-adds per second assumed on a device of another type (MPS, XPU, ...).
+OTHER_TRAINING_RATE = 1e12
+
+
+def training_rate(device_type: str, training_dtype: torch.dtype) -> float:
+    """Training multiply-adds per second assumed on a device: an order of magnitude, to estimate times.
+
+    Examples
+    --------
+    >>> training_rate("cpu", torch.float32), training_rate("cuda", torch.bfloat16)
+    (50000000000.0, 100000000000000.0)
+    """
+    half = training_dtype in (torch.float16, torch.bfloat16)
+    return _TRAINING_RATES.get((device_type, half), OTHER_TRAINING_RATE)
 
 
 #: Every elementary cost counted as one training multiply-add, passes and gathers as free.
@@ -164,11 +207,13 @@ def layer_cost(
     features: int,
     weights: CostWeights = UNIT_WEIGHTS,
     strided: bool = False,
+    rate: float = 0.0,
 ) -> LayerCost:
     """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
 
     ``weights`` is :func:`relative_cost` for the layer's device and dtypes;
-    ``strided`` says the observation's rows are not contiguous in memory.
+    ``strided`` says the observation's rows are not contiguous in memory;
+    ``rate`` is :func:`training_rate` for the layer's device (``0``: unknown).
 
     Examples
     --------
@@ -188,6 +233,7 @@ def layer_cost(
         weights.product,
         weights.passes,
         gather,
+        float(rate),
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..budget.cost_model import CostModel
-from ..budget.layer_cost import layer_cost, relative_cost
+from ..budget.layer_cost import layer_cost, relative_cost, training_rate
 from ..budget.row_sampler import RowSampler
 from ..capture.observation import ObservationConfig, ObserverEntry, observe
 from ..common.torch_features import autocast_enabled
@@ -125,7 +125,8 @@ class LayerRecorder:
             exact = resolve_precision(settings.states.precision, rows.device) == "float64"
             product = torch.float64 if exact else torch.float32
             weights = relative_cost(rows.device.type, product, rows.dtype)
-            costs.note(layer_cost(self.name, module, output, n, d, weights, strided=not rows.is_contiguous()))
+            rate = training_rate(rows.device.type, rows.dtype)
+            costs.note(layer_cost(self.name, module, output, n, d, weights, not rows.is_contiguous(), rate))
         sampler = settings.sampler
         if sampler is None:
             return rows

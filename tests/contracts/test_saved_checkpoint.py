@@ -55,7 +55,8 @@ def test_a_saved_state_gives_the_statistics_of_the_rows_it_saw() -> None:
     model.load_state_dict(state["model"])
     train = rows_of(model, state["train"], training=True)
     evaluation = rows_of(model, state["eval"], training=False)
-    tracker = SaturationTracker("run", modules=model, stats=["lsat", "idim", "embed", "dorm"], embed_size=11, nosave=True)
+    stats = ["lsat", "idim", "embed", "dorm"]
+    tracker = SaturationTracker("run", modules=model, stats=stats, embed_size=11, nosave=True)
     tracker.load_state_dict(state["tracker"])
     values = tracker.add_saturations()
     tracker.close()

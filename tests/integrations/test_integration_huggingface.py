@@ -36,8 +36,8 @@ from transformers import (  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 import delve  # noqa: E402
-from delve.integrations.huggingface import STATE_FILE, SaturationCallback  # noqa: E402
 from delve.capture.observation import find_observer  # noqa: E402
+from delve.integrations.huggingface import STATE_FILE, SaturationCallback  # noqa: E402
 
 STATS = ["lsat", "idim", "trc", "dtrc"]
 

@@ -12,8 +12,7 @@ from torch import nn
 
 from delve import SaturationTracker
 from delve.engine.activity import MeanAbsoluteActivity
-from delve.statistics.metrics import dormant_fraction
-from delve.statistics.metrics import effective_rank, participation_ratio, spectral_decay_exponent
+from delve.statistics.metrics import dormant_fraction, effective_rank, participation_ratio, spectral_decay_exponent
 from delve.statistics.registry import STATISTICS, resolve_stats
 
 f64 = torch.float64

@@ -13,8 +13,8 @@ from delve import statistics as stats_module
 from delve.engine.accumulator import Accumulator, Batch
 from delve.engine.sample import ReservoirSample
 from delve.engine.states import Sum
-from delve.statistics.spectra import spectrum
 from delve.statistics.registry import STATISTICS, LayerSummary, resolve_stats, statistic_names
+from delve.statistics.spectra import spectrum
 
 CORE_KEYS = {
     "lsat": "saturation",
@@ -116,7 +116,10 @@ def test_user_statistic_with_accumulator_through_the_tracker(clean_statistics):
     register_statistic(Statistic("top", "top-eigenvalue", lambda s: float(s.spectrum.values[0])))
     register_statistic(
         Statistic(
-            "m0", "first-mean", lambda s: float(s.accumulators["m0"].total) / int(s.accumulators["m0"].rows), accumulator=RowCounter
+            "m0",
+            "first-mean",
+            lambda s: float(s.accumulators["m0"].total) / int(s.accumulators["m0"].rows),
+            accumulator=RowCounter,
         )
     )
     model = nn.Sequential(nn.Linear(4, 3))

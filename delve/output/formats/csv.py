@@ -1,8 +1,14 @@
-"""The CSV format: ``;``-separated, index ``epoch``, one column per logged value."""
+"""The CSV format: ``;``-separated, index ``epoch``, one column per logged value.
+
+Counts (rows, rejected batches, intrinsic dimensionality) are written as
+integers (``44``, not ``44.0``); :func:`read_csv` reads every column as float,
+:func:`integer_columns` says which ones hold integers.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -10,7 +16,7 @@ import pandas as pd
 from ...common.files import atomic_write
 from ..layout import csv_path
 
-__all__ = ["EXACT_FLOATS", "SEPARATOR", "read_csv", "write_csv"]
+__all__ = ["EXACT_FLOATS", "SEPARATOR", "read_csv", "write_csv", "integer_columns"]
 
 SEPARATOR = ";"
 
@@ -73,6 +79,29 @@ def read_csv(savefile: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path} is not a delve CSV: the first column must hold integer epochs")
     frame.index = pd.Index(np.asarray(epochs, dtype="int64"), name="epoch")
     return frame.astype("float64")
+
+
+_INTEGER = re.compile(r"^-?\d+$")
+
+
+def integer_columns(savefile: str | os.PathLike) -> list[str]:
+    """The columns of a run's CSV whose every filled cell is written as an integer.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "run")
+    >>> with open(path + ".csv", "w") as handle:
+    ...     _ = handle.write("epoch;train-rows_fc;train-saturation_fc\\n0;44;0.5\\n1;;1.0\\n")
+    >>> integer_columns(path)
+    ['train-rows_fc']
+    """
+    text = pd.read_csv(csv_path(savefile), sep=SEPARATOR, index_col=0, dtype=str, keep_default_na=False)
+    return [
+        str(column)
+        for column in text.columns
+        if any(text[column]) and all(_INTEGER.match(cell) for cell in text[column] if cell)
+    ]
 
 
 def first_line(error: BaseException) -> str:

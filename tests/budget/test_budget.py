@@ -219,8 +219,13 @@ def _budget_run(seed: int, batches: list[torch.Tensor], max_overhead: float) -> 
         for batch in batches:
             layer(batch)
     period = tracker._settings.costs.period("linear")
-    values = tracker.add_saturations()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = tracker.add_saturations()
     tracker.close()
+    # A small budget leaves fewer than 20 rows per feature: the tracker says so, and says nothing else.
+    sparse = values["train-rows_linear"] < 20 * 48
+    assert [("fewer than 20 per feature" in str(w.message)) for w in caught] == ([True] if sparse else [])
     return values, period
 
 

@@ -33,9 +33,10 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> path = os.path.join(tempfile.mkdtemp(), "run.csv")
     >>> write_csv(pd.DataFrame({"loss": [0.5]}, index=pd.Index([0], name="epoch")), path)
-    >>> open(path).read().splitlines()
+    >>> Path(path).read_text().splitlines()
     ['epoch;loss', '0;0.5']
     """
     atomic_write(path, lambda handle: frame.to_csv(handle, sep=SEPARATOR))
@@ -54,8 +55,9 @@ def read_csv(savefile: str | os.PathLike) -> pd.DataFrame:
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> path = os.path.join(tempfile.mkdtemp(), "run")
-    >>> _ = open(path + ".csv", "w").write("epoch;train-saturation_fc\\n0;0.5\\n")
+    >>> _ = Path(path + ".csv").write_text("epoch;train-saturation_fc\\n0;0.5\\n")
     >>> read_csv(path)
            train-saturation_fc
     epoch
@@ -90,9 +92,9 @@ def integer_columns(savefile: str | os.PathLike) -> list[str]:
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> path = os.path.join(tempfile.mkdtemp(), "run")
-    >>> with open(path + ".csv", "w") as handle:
-    ...     _ = handle.write("epoch;train-rows_fc;train-saturation_fc\\n0;44;0.5\\n1;;1.0\\n")
+    >>> _ = Path(path + ".csv").write_text("epoch;train-rows_fc;train-saturation_fc\\n0;44;0.5\\n1;;1.0\\n")
     >>> integer_columns(path)
     ['train-rows_fc']
     """

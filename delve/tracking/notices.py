@@ -13,7 +13,8 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 
-from ..budget.cost_model import EXPENSIVE_SECONDS, EXPENSIVE_SHARE, CostModel
+from ..budget import cost_model
+from ..budget.cost_model import EXPENSIVE_SHARE, CostModel
 from ..engine.layer_state import LayerState
 from ..statistics.epoch import LoggedValue
 from ..statistics.registry import NONFINITE_BATCHES, ROWS
@@ -105,7 +106,7 @@ class Notices:
         costs: CostModel,
         rows: Mapping[str, float],
         share: float = EXPENSIVE_SHARE,
-        seconds: float = EXPENSIVE_SECONDS,
+        seconds: float | None = None,
         stacklevel: int = 4,
     ) -> None:
         """Warn once when tracking every row costs more than ``share`` of training and ``seconds`` an epoch.
@@ -113,9 +114,11 @@ class Notices:
         ``rows`` are the rows each layer merged in the epoch; their
         estimated time (:meth:`~delve.budget.cost_model.CostModel.seconds`)
         keeps small experiments quiet, however large their share.
+        ``seconds`` defaults to :data:`~delve.budget.cost_model.EXPENSIVE_SECONDS`.
         """
         if self._costly or costs.max_overhead is not None:
             return
+        seconds = cost_model.EXPENSIVE_SECONDS if seconds is None else seconds
         ratio, dominating = costs.expensive()
         spent = costs.seconds(rows)
         if ratio <= share or not spent > seconds:

@@ -20,7 +20,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
-from ..statistics.registry import STATISTICS, by_name
+from ..statistics.registry import STATISTICS, by_name, logged_name
 from .canvas import draw_later, figure_to_rgb, new_figure, save_figure
 
 __all__ = [
@@ -40,14 +40,14 @@ DEFAULT_FONTSIZE = 11
 
 
 def axis_limits(stat: str) -> tuple[float, float] | None:
-    """The fixed axis of a statistic bounded on both sides (its record's bounds), else ``None``.
+    """The fixed axis of a statistic (key or logged name) bounded on both sides, else ``None``.
 
     Examples
     --------
-    >>> axis_limits("saturation"), axis_limits("covariance-trace"), axis_limits("test_accuracy")
-    ((0.0, 1.0), None, None)
+    >>> axis_limits("saturation"), axis_limits("lsat"), axis_limits("covariance-trace"), axis_limits("test_accuracy")
+    ((0.0, 1.0), (0.0, 1.0), None, None)
     """
-    statistic = by_name(stat)
+    statistic = by_name(logged_name(stat))
     if statistic is None or not statistic.bounded:
         return None
     low, high = statistic.bounds

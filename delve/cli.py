@@ -19,6 +19,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .output.formats.csv import write_csv
@@ -28,6 +29,9 @@ from .output.plotting import plot_results
 from .output.results import load_results, recompute, wide
 from .output.summary import format_summary
 from .statistics.registry import STATISTICS, logged_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["main", "build_parser"]
 
@@ -170,6 +174,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _runs(path: str) -> list[str]:
     """The runs ``path`` names: itself, or the runs whose CSVs lie in the folder it names."""
+    path = path.rstrip("/\\") or path  # runs/vgg/ (a shell's completion) is the run runs/vgg
     if Path(path).is_dir() and not csv_path(path).is_file():
         runs = [str(run) for run in find_runs(path)]
         if not runs:
@@ -215,9 +220,9 @@ def _run_recompute(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_stats(stats: list[str] | None, results: object, run: str) -> None:
+def _check_stats(stats: list[str] | None, results: pd.DataFrame, run: str) -> None:
     """Each ``--stat`` must name, by key or logged name, a per-layer statistic of the run."""
-    logged = list(dict.fromkeys(results.loc[results["layer"].notna(), "stat"]))  # type: ignore[attr-defined]
+    logged = list(dict.fromkeys(results.loc[results["layer"].notna(), "stat"]))
     for stat in stats or ():
         if logged_name(stat) not in logged:
             known = ", ".join(f"{STATISTICS[key].key} ({STATISTICS[key].name})" for key in STATISTICS)

@@ -258,6 +258,11 @@ def test_summary_of_a_folder_summarises_each_run(tmp_path, capsys):
         assert lines[5] == "test-accuracy = 0.5"
 
 
+def test_a_run_folder_named_with_a_trailing_slash_is_the_run(run, capsys):
+    assert main(["summary", run + "/"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "epoch 1"
+
+
 def test_plot_of_a_folder_draws_each_run(tmp_path, capsys):
     _two_runs(tmp_path)
     assert main(["plot", str(tmp_path)]) == 0

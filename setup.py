@@ -27,7 +27,7 @@ setup(
     ],
     # requirements/*.txt pin a tested set of the same packages for development and CI.
     extras_require={
-        "demo": ["scikit-learn"],
+        "demo": ["scikit-learn", "tensorboard"],
         "test": ["pytest", "hypothesis", "tensorboard", "scikit-learn", "scipy", "ruff", "vermin"],
         "docs": ["sphinx>=7", "docutils"],
         # delve.integrations.lightning and delve.integrations.huggingface; requirements/integrations.txt pins them.

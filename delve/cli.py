@@ -5,11 +5,12 @@ Subcommands::
     delve demo [--out DIR] [--epochs N] [--no-progress]   train two CNNs and show their saturation
     delve plot RUN [--out DIR] [--epochs all]  redraw the figures from a run's CSV
     delve recompute NPY_DIR --threshold 0.95   saturation at another threshold, from saved covariances
-    delve summary RUN                          the last epoch's per-layer table
+    delve summary RUN [--stat lsat]            the last epoch's per-layer table
 
-``RUN`` is the tracker's ``savefile`` (``runs/vgg``) or its CSV
-(``runs/vgg.csv``). A missing or unreadable file is reported in one line on
-stderr with exit code 2.
+``RUN`` is the tracker's ``savefile`` (``runs/vgg``), its CSV
+(``runs/vgg.csv``), or a folder holding several runs' CSVs (``delve-demo``),
+each of which is then plotted or summarised. A missing or unreadable file is
+reported in one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .output.formats.csv import write_csv
-from .output.layout import csv_path, plot_dir
+from .output.formats.record import read_record
+from .output.layout import csv_path, find_runs, plot_dir, run_name
 from .output.plotting import plot_results
 from .output.results import load_results, recompute, wide
 from .output.summary import format_summary
+from .statistics.registry import STATISTICS, logged_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["main", "build_parser"]
 
@@ -57,12 +64,14 @@ def _threshold(text: str) -> float:
 
 
 def _epochs_choice(text: str) -> str | list[int]:
-    if text in ("last", "all"):
+    if text in ("current", "last", "all"):
         return text
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'last', 'all' or epochs like 0,5,9, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'current', 'last', 'all' or epochs like 0,5,9, got {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,18 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser(
         "plot",
         help="redraw the figures of a run from its CSV",
-        description="Redraw per-layer profiles and saturation heatmaps from a run's CSV.",
+        description="Redraw the figures the plot writer draws during training (per-layer profiles, saturation "
+        "heatmaps) from a run's files.",
     )
-    plot.add_argument("run", metavar="RUN", help="the tracker's savefile (runs/vgg) or its CSV")
+    plot.add_argument("run", metavar="RUN", help="the tracker's savefile (runs/vgg), its CSV, or a folder of runs")
     plot.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN/plots)")
     plot.add_argument(
         "--epochs",
         type=_epochs_choice,
-        default="last",
+        default="current",
         metavar="WHICH",
-        help="profiles of the 'last' epoch (default), 'all' epochs, or a list like 0,5,9",
+        help="'current' (default): the last epoch's profiles, as the plot writer keeps them; or a profile file per "
+        "epoch: 'last', 'all', or a list like 0,5,9",
     )
-    plot.add_argument("--primary-metric", metavar="NAME", help="user scalar shown on each profile, e.g. test_accuracy")
+    plot.add_argument(
+        "--primary-metric",
+        metavar="NAME",
+        default="auto",
+        help="user scalar shown on each profile, e.g. test-accuracy (default: the run's accuracy, if it logged "
+        "one; 'none' for none)",
+    )
     plot.add_argument("--fontsize", type=float, default=11, help="base font size (default: %(default)s)")
     plot.set_defaults(handler=_run_plot)
 
@@ -129,9 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the last epoch's per-layer table of a run",
         description="Print one epoch's per-layer statistics of a run (the last by default) and its user scalars.",
     )
-    summary.add_argument("run", metavar="RUN", help="the tracker's savefile (runs/vgg) or its CSV")
+    summary.add_argument("run", metavar="RUN", help="the tracker's savefile (runs/vgg), its CSV, or a folder of runs")
     summary.add_argument("--epoch", type=int, default=None, help="epoch to print (default: the last)")
-    summary.add_argument("--stat", action="append", metavar="NAME", help="only this statistic (repeatable)")
+    summary.add_argument(
+        "--stat",
+        action="append",
+        metavar="NAME",
+        help="only this statistic, by key or logged name, e.g. lsat or saturation (repeatable)",
+    )
     summary.set_defaults(handler=_run_summary)
     return parser
 
@@ -150,19 +172,39 @@ def _run_demo(args: argparse.Namespace) -> int:
     return int(code or 0)
 
 
+def _runs(path: str) -> list[str]:
+    """The runs ``path`` names: itself, or the runs whose CSVs lie in the folder it names."""
+    path = path.rstrip("/\\") or path  # runs/vgg/ (a shell's completion) is the run runs/vgg
+    if Path(path).is_dir() and not csv_path(path).is_file():
+        runs = [str(run) for run in find_runs(path)]
+        if not runs:
+            raise _InputError(f"no delve results in the folder {path}: it holds no <run>.csv")
+        return runs
+    return [path]
+
+
 def _run_plot(args: argparse.Namespace) -> int:
-    results = load_results(args.run)
-    out = Path(args.out) if args.out else plot_dir(args.run)
-    if args.primary_metric:
-        scalars = sorted(set(results.loc[results["layer"].isna() & results["mode"].isna(), "stat"]))
-        if args.primary_metric not in scalars:
-            known = ", ".join(scalars) or "none"
-            warning = f"no scalar named {args.primary_metric!r}; the run has: {known}"
-            print(f"delve plot: warning: {warning}", file=sys.stderr)
-    written = plot_results(results, out, epochs=args.epochs, primary_metric=args.primary_metric, fontsize=args.fontsize)
-    if not written:
-        raise _InputError(f"{csv_path(args.run)} holds no per-layer values to plot")
-    print(f"wrote {len(written)} figure(s) to {out}")
+    runs = _runs(args.run)
+    primary = None if args.primary_metric.lower() == "none" else args.primary_metric
+    for run in runs:
+        results = load_results(run)
+        out = plot_dir(run)
+        if args.out:
+            out = Path(args.out) / run_name(run) if len(runs) > 1 else Path(args.out)
+        if primary not in (None, "auto"):
+            scalars = sorted(set(results.loc[results["layer"].isna() & results["mode"].isna(), "stat"]))
+            if primary not in scalars:
+                known = ", ".join(scalars) or "none"
+                print(f"delve plot: warning: no scalar named {primary!r}; the run has: {known}", file=sys.stderr)
+        existing = {path.name for path in out.glob("*.png")} if out.is_dir() else set()
+        written = plot_results(
+            results, out, args.epochs, primary, args.fontsize, run=run_name(run), record=read_record(run)
+        )
+        if not written:
+            raise _InputError(f"{csv_path(run)} holds no per-layer values to plot")
+        # Same names, same figures as the plot writer's; still, say what was replaced.
+        replaced = len(existing & {path.name for path in written})
+        print(f"wrote {len(written)} figure(s) to {out}" + (f", replacing {replaced} file(s)" if replaced else ""))
     return EXIT_OK
 
 
@@ -178,13 +220,32 @@ def _run_recompute(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_stats(stats: list[str] | None, results: pd.DataFrame, run: str) -> None:
+    """Each ``--stat`` must name, by key or logged name, a per-layer statistic of the run."""
+    logged = list(dict.fromkeys(results.loc[results["layer"].notna(), "stat"]))
+    for stat in stats or ():
+        if logged_name(stat) not in logged:
+            known = ", ".join(f"{STATISTICS[key].key} ({STATISTICS[key].name})" for key in STATISTICS)
+            raise _InputError(
+                f"{csv_path(run)} has no statistic {stat!r}; it holds: {', '.join(logged) or 'none'} "
+                f"(give a key or a logged name: {known})"
+            )
+
+
 def _run_summary(args: argparse.Namespace) -> int:
-    results = load_results(args.run)
-    if results.empty:
-        raise _InputError(f"{csv_path(args.run)} holds no values")
-    if args.epoch is not None and args.epoch not in set(results["epoch"]):
-        raise _InputError(f"epoch {args.epoch} is not in {csv_path(args.run)}")
-    print(format_summary(results, args.epoch, args.stat))
+    runs = _runs(args.run)
+    for index, run in enumerate(runs):
+        results = load_results(run)
+        if results.empty:
+            raise _InputError(f"{csv_path(run)} holds no values")
+        if args.epoch is not None and args.epoch not in set(results["epoch"]):
+            raise _InputError(f"epoch {args.epoch} is not in {csv_path(run)}")
+        _check_stats(args.stat, results, run)
+        if len(runs) > 1:
+            if index:
+                print()
+            print(f"== {run_name(run)} ({csv_path(run)})")
+        print(format_summary(results, args.epoch, args.stat, read_record(run)))
     return EXIT_OK
 
 

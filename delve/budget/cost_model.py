@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 
@@ -29,16 +30,22 @@ from .layer_cost import OUTPUT, LayerCost
 
 __all__ = [
     "CostModel",
+    "CostTable",
+    "COST_COLUMNS",
     "rows_per_feature_within",
     "EXPENSIVE_SHARE",
+    "EXPENSIVE_SECONDS",
     "ROWS_PER_DRAW",
     "MAX_BATCHES_PER_DRAW",
     "WHOLE_SHARE",
     "ROWS_PER_FEATURE",
 ]
 
-#: Above this estimated tracking work relative to training work, the tracker says so once.
+#: Above this estimated tracking work relative to training work, the tracker says so once...
 EXPENSIVE_SHARE = 0.25
+#: ... when tracking is also estimated to take more than this many seconds in an epoch: below it the
+#: share may be large (a toy model) but the time is not worth a word.
+EXPENSIVE_SECONDS = 1.0
 #: Fewest rows a layer draws at once under a budget (fewer per batch: it draws from fewer batches).
 ROWS_PER_DRAW = 256
 #: Most batches per draw: more would leave short epochs with no draw but their first (too few rows).
@@ -256,19 +263,47 @@ class CostModel:
             covered += cost.work
         return work / training, dominating
 
-    def frame(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
+    def seconds(self, rows: Mapping[str, float]) -> float:
+        """Estimated time to merge ``rows[layer]`` rows of each layer (every row, no budget).
+
+        From each layer's work per row and its device's
+        :func:`~delve.budget.layer_cost.training_rate`: an order of magnitude,
+        not a measurement. Layers not seen yet count nothing.
+
+        Examples
+        --------
+        >>> model = CostModel()
+        >>> model.note(LayerCost("fc", 32, 64, 32, 64 * 64, training_rate=1e9))
+        >>> model.seconds({"fc": 1000, "unseen": 5})  # 1000 rows x 64 x 65 / 2 multiply-adds
+        0.00208
+        """
+        by_name = {c.layer: c for c in self.costs}
+        return sum(by_name[layer].seconds(n) for layer, n in rows.items() if layer in by_name)
+
+    def frame(self, layers: Iterable[str] | None = None) -> CostTable:
         """One row per layer: the multiply-adds per batch and what they are estimated to cost.
 
-        Columns: ``layer``, ``rows`` (per batch), ``features`` (``d``),
-        ``route`` (``output``: the Gram product of the output rows; ``input``:
-        the input scatter mapped through the weights),
-        ``update`` (multiply-adds of the output Gram product of every row),
-        ``training`` (multiply-adds of the layer's forward and backward),
-        ``overhead`` (tracking every row against training, in training
-        multiply-adds: products and passes over the rows weighted by
-        :func:`relative_cost`), ``share`` (of all tracking work),
-        ``kept_rows`` and ``kept_overhead`` (under the budget; every row
-        without one).
+        The columns (:data:`COST_COLUMNS`), all per batch of the layer's
+        first recorded forward pass:
+
+        * ``layer``; ``rows``: observation rows; ``features``: ``d``;
+        * ``route``: ``output`` (the Gram product of the output rows) or
+          ``input`` (the input scatter mapped through the weights, for an
+          affine layer whose input is the narrow side);
+        * ``update``: multiply-adds of the Gram product of every row,
+          ``rows * d * (d + 1) / 2``;
+        * ``training``: multiply-adds of the layer's forward and backward;
+        * ``overhead``: tracking every row against training (1.0 = 100 %),
+          in training multiply-adds: the product and the passes over the
+          rows, weighted by what they cost on the device
+          (:func:`~delve.budget.layer_cost.relative_cost`);
+        * ``share``: the layer's part of all tracking work;
+        * ``kept_rows``, ``kept_overhead``: the same under the budget
+          (``max_overhead``); every row without one.
+
+        Printed, the table shows fractions as percentages and large counts
+        in thousands (k), millions (M) or billions (G); the values stay plain
+        numbers.
         """
         costs = {c.layer: c for c in self.costs}
         order = [name for name in (layers or costs) if name in costs]
@@ -292,16 +327,78 @@ class CostModel:
                     "kept_overhead": cost.kept_work(kept) / training,
                 }
             )
-        columns = [
-            "layer",
-            "rows",
-            "features",
-            "route",
-            "update",
-            "training",
-            "overhead",
-            "share",
-            "kept_rows",
-            "kept_overhead",
+        return CostTable.from_records(records, columns=list(COST_COLUMNS))
+
+
+def _count(value: Any) -> str:
+    return str(int(value))
+
+
+def _compact(value: Any) -> str:
+    """``2.2M`` for 2_230_000: the size of a count at a glance."""
+    value = float(value)
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+def _percent(value: Any) -> str:
+    value = float(value)
+    if math.isnan(value):
+        return "n/a"
+    percent = 100 * value
+    return f"{percent:.0f}%" if abs(percent) >= 10 else f"{percent:.1f}%"
+
+
+#: The columns of :meth:`CostModel.frame`, in order, each with how a printed table shows it.
+COST_COLUMNS: dict[str, Callable[[Any], str]] = {
+    "layer": str,
+    "rows": _count,
+    "features": _count,
+    "route": str,
+    "update": _compact,
+    "training": _compact,
+    "overhead": _percent,
+    "share": _percent,
+    "kept_rows": _count,
+    "kept_overhead": _percent,
+}
+
+
+class CostTable(pd.DataFrame):
+    """:meth:`CostModel.frame`'s table: a DataFrame that prints readably.
+
+    The values are plain numbers (``overhead`` 3.47 is 347 %); printed, the
+    table fits a terminal: percentages, compact counts, one space between
+    columns, every column shown. A selection of columns or rows is an
+    ordinary DataFrame again.
+
+    Examples
+    --------
+    >>> table = CostTable.from_records([{"layer": "fc", "rows": 64, "features": 512, "update": 8_404_992,
+    ...     "training": 1_572_864, "overhead": 3.47, "share": 1.0, "kept_rows": 64, "kept_overhead": 3.47}])
+    >>> print(table)
+    layer rows features update training overhead share kept_rows kept_overhead
+    fc      64      512   8.4M    1.57M     347%  100%        64          347%
+    """
+
+    def _cells(self) -> list[list[str]]:
+        shown = {name: COST_COLUMNS.get(str(name), str) for name in self.columns}
+        return [[str(name) for name in shown]] + [
+            [show(value) for show, value in zip(shown.values(), row)] for row in self.itertuples(index=False)
         ]
-        return pd.DataFrame.from_records(records, columns=columns)
+
+    def __repr__(self) -> str:
+        rows = self._cells()
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        # The first column (names) is left-aligned, the numbers right-aligned under their headers.
+        lines = [
+            " ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])])
+            for row in rows
+        ]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def _repr_html_(self) -> str:
+        cells = self._cells()
+        return pd.DataFrame(cells[1:], columns=cells[0]).to_html(index=False)

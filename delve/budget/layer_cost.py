@@ -13,13 +13,23 @@ operation cost (:func:`relative_cost`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["LayerCost", "CostWeights", "layer_cost", "relative_cost", "UNIT_WEIGHTS", "OUTPUT", "INPUT"]
+__all__ = [
+    "LayerCost",
+    "CostWeights",
+    "layer_cost",
+    "relative_cost",
+    "training_rate",
+    "UNIT_WEIGHTS",
+    "OUTPUT",
+    "INPUT",
+]
 
 #: Training work relative to a forward pass: the backward computes two products of the same size.
 TRAINING_PER_FORWARD = 3
@@ -68,6 +78,10 @@ class LayerCost:
     route : str
         :data:`OUTPUT` (the output rows' Gram product) or :data:`INPUT` (the
         input scatter mapped through the weights).
+    training_rate : float
+        Training multiply-adds per second on the layer's device
+        (:func:`training_rate`), to turn work into an estimated time; ``0``
+        where unknown.
     """
 
     layer: str
@@ -82,6 +96,7 @@ class LayerCost:
     map_weight: float = 1.0
     input_shared: bool = False
     route: str = OUTPUT
+    training_rate: float = 0.0
 
     @property
     def update_per_row(self) -> int:
@@ -152,6 +167,16 @@ class LayerCost:
         """Whether keeping ``kept`` rows costs less than keeping them all (picking rows is not free)."""
         return kept < self.rows and self.kept_work(kept) < self.work
 
+    def seconds(self, rows: float) -> float:
+        """Estimated time to merge ``rows`` rows, from :attr:`training_rate`; NaN where the rate is unknown.
+
+        Examples
+        --------
+        >>> LayerCost("fc", 32, 64, 32, 64 * 64, training_rate=1e9).seconds(1000)  # 1000 x 64 x 65 / 2
+        0.00208
+        """
+        return rows * self.work_per_row / self.training_rate if self.training_rate > 0 else math.nan
+
     @property
     def training(self) -> int:
         """Multiply-adds of the layer's forward and backward pass on a batch."""
@@ -178,6 +203,33 @@ _RELATIVE_COSTS: dict[tuple[str, bool], tuple[dict[torch.dtype, float], float, f
     ("cuda", False): ({torch.float64: 1.0, torch.float32: 1.0}, 4.0, 32.0),
     ("cuda", True): ({torch.float64: 15.0, torch.float32: 15.0}, 4.0, 32.0),
 }
+
+
+#: ``(device type, training dtype is half) -> training multiply-adds per second``: orders of magnitude
+#: that turn an estimated work into an estimated time, not measurements of the machine at hand. The
+#: CPU figure is the MLP of docs/performance.rst on 2 cores (about 9e10 in a bare step), rounded down;
+#: the CUDA figures are about half the datasheet peaks of current data-centre GPUs (float32 without
+#: TensorFloat-32, and bf16/fp16 tensor cores). Other devices get :data:`OTHER_TRAINING_RATE`.
+_TRAINING_RATES: dict[tuple[str, bool], float] = {
+    ("cpu", False): 5e10,
+    ("cpu", True): 5e10,
+    ("cuda", False): 1e13,
+    ("cuda", True): 1e14,
+}
+#: Training multiply-adds per second assumed on a device of another type (MPS, XPU, ...).
+OTHER_TRAINING_RATE = 1e12
+
+
+def training_rate(device_type: str, training_dtype: torch.dtype) -> float:
+    """Training multiply-adds per second assumed on a device: an order of magnitude, to estimate times.
+
+    Examples
+    --------
+    >>> training_rate("cpu", torch.float32), training_rate("cuda", torch.bfloat16)
+    (50000000000.0, 100000000000000.0)
+    """
+    half = training_dtype in (torch.float16, torch.bfloat16)
+    return _TRAINING_RATES.get((device_type, half), OTHER_TRAINING_RATE)
 
 
 #: Every elementary cost counted as one training multiply-add, passes and gathers as free.
@@ -214,6 +266,7 @@ def layer_cost(
     features_in: int | None = None,
     map_weight: float | None = None,
     input_shared: bool = False,
+    rate: float = 0.0,
 ) -> LayerCost:
     """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
 
@@ -221,6 +274,7 @@ def layer_cost(
     ``strided`` says the observation's rows are not contiguous in memory;
     ``features_in``, ``map_weight`` and ``input_shared`` describe the input
     route where the layer can take it (see :class:`LayerCost`).
+    ``rate`` is :func:`training_rate` for the layer's device (``0``: unknown).
 
     Examples
     --------
@@ -243,6 +297,8 @@ def layer_cost(
         features_in,
         weights.product if map_weight is None else map_weight,
         input_shared,
+        OUTPUT,
+        float(rate),
     )
 
 

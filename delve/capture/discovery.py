@@ -12,7 +12,14 @@ from torch import nn
 from ..common.naming import layer_name
 from .observation import ObserverEntry, find_observer, supported_classes
 
-__all__ = ["TrackedLayer", "discover_layers", "unwrap_model", "untracked_weighted_classes", "LayerFilter"]
+__all__ = [
+    "TrackedLayer",
+    "discover_layers",
+    "describe_module",
+    "unwrap_model",
+    "untracked_weighted_classes",
+    "LayerFilter",
+]
 
 LayerFilter = Callable[[str], bool] | str | Sequence[str] | None
 
@@ -26,6 +33,36 @@ class TrackedLayer:
     kind: str
     qualified_name: str
     observer: ObserverEntry | None = None
+
+    @property
+    def description(self) -> str:
+        """The module's class and shape (:func:`describe_module`)."""
+        return describe_module(self.module)
+
+
+def describe_module(module: nn.Module) -> str:
+    """A layer's class and shape as figures and tables show it: ``Linear 256->256``.
+
+    Read from the attributes PyTorch's layers keep (features, channels,
+    sizes, ``embed_dim``); a module without them is named by its class.
+
+    Examples
+    --------
+    >>> describe_module(nn.Linear(256, 128)), describe_module(nn.Conv2d(3, 16, 3))
+    ('Linear 256->128', 'Conv2d 3->16')
+    >>> describe_module(nn.LSTM(8, 32, bidirectional=True)), describe_module(nn.MultiheadAttention(64, 4))
+    ('LSTM 8->2x32', 'MultiheadAttention 64')
+    """
+    name = type(module).__name__
+    for source, target in (("in_features", "out_features"), ("in_channels", "out_channels"), ("nx", "nf")):
+        inputs, outputs = getattr(module, source, None), getattr(module, target, None)
+        if isinstance(inputs, int) and isinstance(outputs, int):  # nx, nf: transformers' GPT-2 Conv1D
+            return f"{name} {inputs}->{outputs}"
+    inputs, hidden = getattr(module, "input_size", None), getattr(module, "hidden_size", None)
+    if isinstance(inputs, int) and isinstance(hidden, int):
+        return f"{name} {inputs}->{'2x' if getattr(module, 'bidirectional', False) else ''}{hidden}"
+    width = getattr(module, "embed_dim", None)
+    return f"{name} {width}" if isinstance(width, int) else name
 
 
 def unwrap_model(module: nn.Module) -> nn.Module:

@@ -22,7 +22,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     >>> target = os.path.join(tempfile.mkdtemp(), "out.txt")
     >>> with atomic_path(target) as tmp:
     ...     _ = tmp.write_text("done")
-    >>> open(target).read()
+    >>> Path(target).read_text()
     'done'
     """
     target = Path(path)
@@ -63,7 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     >>> import os, tempfile
     >>> target = os.path.join(tempfile.mkdtemp(), "a.txt")
     >>> atomic_write(target, lambda handle: handle.write("x"))
-    >>> open(target).read()
+    >>> Path(target).read_text()
     'x'
     """
     with atomic_path(path) as tmp, open(tmp, mode) as handle:

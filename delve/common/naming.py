@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -102,7 +102,11 @@ class RunRecord:
 
     Writers receive it from the tracker (:meth:`AbstractWriter.record_run`)
     and keep it beside the files they write, so that a run read back tells
-    the tracker's values from the user's scalars.
+    the tracker's values from the user's scalars. It also says what each
+    layer is: its module's class and shape (``descriptions``, known when the
+    tracker is built) and its width ``d`` (``widths``, known from the
+    layer's first recorded forward pass), so figures and tables of a run
+    read back show them.
 
     Examples
     --------
@@ -111,11 +115,17 @@ class RunRecord:
     (('train', 'fc', 'saturation'), (None, None, 'eval-acc_top1'))
     >>> record.classify("eval-average-saturation")
     ('eval', None, 'average-saturation')
+    >>> RunRecord(("2",), ("saturation",), descriptions={"2": "Linear 256->256"}).label("2")
+    '2 (Linear 256->256)'
     """
 
     layers: tuple[str, ...]
     statistics: tuple[str, ...]
     mode_statistics: tuple[str, ...] = ()
+    #: Layer -> its width ``d`` (the features of its observation rows).
+    widths: Mapping[str, int] = field(default_factory=dict, hash=False)
+    #: Layer -> its module's class and shape, e.g. ``"Linear 256->256"``.
+    descriptions: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def classify(self, name: str) -> tuple[str | None, str | None, str]:
         """``(mode, layer, statistic)`` of a value this record describes, else ``(None, None, name)``."""
@@ -127,24 +137,33 @@ class RunRecord:
             return mode, None, rest
         return None, None, name
 
-    def to_dict(self) -> dict[str, list[str]]:
-        """Plain lists, for a JSON file."""
+    def label(self, layer: str) -> str:
+        """How figures and tables name a layer: ``2 (Linear 256->256)``, or the name alone."""
+        description = self.descriptions.get(layer)
+        return f"{layer} ({description})" if description else layer
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and dicts, for a JSON file."""
         return {
             "layers": list(self.layers),
             "statistics": list(self.statistics),
             "mode_statistics": list(self.mode_statistics),
+            "widths": dict(self.widths),
+            "descriptions": dict(self.descriptions),
         }
 
     @classmethod
     def from_dict(cls, content: Mapping[str, Any]) -> RunRecord:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` for anything else."""
+        """Inverse of :meth:`to_dict` (records without widths or descriptions too); ``ValueError`` otherwise."""
         try:
             return cls(
                 layers=_strings(content["layers"]),
                 statistics=_strings(content["statistics"]),
                 mode_statistics=_strings(content.get("mode_statistics", ())),
+                widths={str(layer): int(d) for layer, d in dict(content.get("widths", {})).items()},
+                descriptions={str(layer): str(text) for layer, text in dict(content.get("descriptions", {})).items()},
             )
-        except (KeyError, TypeError, AttributeError) as error:
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise ValueError(f"not a run record: {error!r}") from error
 
 

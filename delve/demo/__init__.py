@@ -7,12 +7,17 @@ inside scikit-learn, so nothing is downloaded). A
 network's layers keep 99% of their variance in a much smaller share of their
 dimensions: low saturation is what an oversized layer looks like.
 
-Everything goes to one folder (``delve-demo`` by default)::
+Everything goes to one folder (``delve-demo`` by default); a run of the demo
+replaces the files an earlier one wrote there::
 
     delve-demo/lean.csv, delve-demo/wide.csv     one row per epoch
+    delve-demo/lean.run.json, ...                what each run tracked (layers, widths)
     delve-demo/lean/, delve-demo/wide/           TensorBoard event files
     delve-demo/lean/plots/, delve-demo/wide/plots/   profiles and heatmaps
     delve-demo/saturation_comparison.png         both networks side by side
+
+``delve summary delve-demo`` and ``delve plot delve-demo`` read both runs
+back; ``delve plot`` redraws the same figures.
 
 Run it with ``delve demo`` or ``python -m delve.demo`` (arguments: see
 :mod:`delve.cli`); scikit-learn comes with ``pip install delve[demo]``.
@@ -21,6 +26,7 @@ Run it with ``delve demo`` or ``python -m delve.demo`` (arguments: see
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +41,8 @@ from tqdm.auto import tqdm
 
 from ..common.naming import value_name
 from ..output.figures import new_figure, save_figure
-from ..output.layout import plot_dir
+from ..output.formats.record import read_record
+from ..output.layout import csv_path, plot_dir, record_path, run_name, tensorboard_dir
 from ..output.plotting import plot_results
 from ..output.results import load_results
 from ..statistics.registry import STATISTICS
@@ -67,6 +74,8 @@ COMPARISON_FIGURE = "saturation_comparison.png"
 PRIMARY_METRIC = "test-accuracy"
 BATCH_SIZE = 64
 SATURATION = STATISTICS["lsat"].name
+#: Where the closing text sends the reader next.
+ACTING_PAGE = "docs/acting.rst"
 
 
 @dataclass
@@ -122,21 +131,33 @@ def _train_one(
 
 
 def _draw_plots(results: Sequence[DemoResult], out_dir: str) -> list[Path]:
-    """Last-epoch profiles and heatmaps of each run, and the comparison figure.
+    """Each run's figures as the plot writer leaves them, and the comparison figure.
 
-    Drawn once at the end rather than by the plot writer every epoch: the
-    figures are the same, and rendering 50 of them would take longer than
-    the training.
+    Drawn once at the end from the run's files, exactly as ``delve plot``
+    redraws them, rather than by the plot writer every epoch: the figures
+    are the same, and redrawing them each epoch would take longer than the
+    training.
     """
     written = []
     for result in results:
-        table = load_results(result.savefile)
-        saturation_only = table[(table["stat"] == SATURATION) | table["layer"].isna()]
-        written += plot_results(
-            saturation_only, plot_dir(result.savefile), epochs="last", primary_metric=PRIMARY_METRIC
-        )
+        savefile = result.savefile
+        table = load_results(savefile)
+        written += plot_results(table, plot_dir(savefile), run=run_name(savefile), record=read_record(savefile))
     written.append(comparison_figure(results, os.path.join(out_dir, COMPARISON_FIGURE)))
     return written
+
+
+def _clear_earlier_run(savefile: str) -> None:
+    """Remove what an earlier demo wrote under ``savefile``: the demo starts each run afresh.
+
+    Only the demo's own files go (CSV, run record, TensorBoard event files,
+    PNGs); anything else in the folder stays.
+    """
+    for path in (csv_path(savefile), record_path(savefile)):
+        path.unlink(missing_ok=True)
+    for folder, pattern in ((tensorboard_dir(savefile), "events.out.tfevents*"), (plot_dir(savefile), "*.png")):
+        for path in folder.glob(pattern) if folder.is_dir() else ():
+            path.unlink()
 
 
 def comparison_figure(results: Sequence[DemoResult], path: str) -> Path:
@@ -263,6 +284,8 @@ def run_demo(
         print(f"delve demo: {error}", file=sys.stderr)
         return 1
     os.makedirs(out_dir, exist_ok=True)
+    for spec in DEMO_NETWORKS:
+        _clear_earlier_run(os.path.join(out_dir, spec.name))
     start = time.perf_counter()
     results = []
     threads = torch.get_num_threads()
@@ -304,4 +327,12 @@ def run_demo(
         print(f"  TensorBoard logs:         tensorboard --logdir {out_dir}", file=stream)
         # Each point is an epoch: TensorBoard's default smoothing would bend the curves.
         print("                            then open http://localhost:6006/?smoothing=0", file=stream)
+        if shutil.which("tensorboard") is None:
+            print("                            (TensorBoard itself: pip install tensorboard)", file=stream)
+    print(f"\nBoth runs again: delve summary {out_dir}   Figures redrawn: delve plot {out_dir}", file=stream)
+    print(
+        "What to do with these numbers (when a layer is too wide, how many epochs to wait, how many rows are "
+        f"enough):\n  'Acting on the numbers' in the documentation, {ACTING_PAGE}",
+        file=stream,
+    )
     return 0

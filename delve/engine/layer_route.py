@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..budget.cost_model import CostModel
-from ..budget.layer_cost import INPUT, layer_cost, relative_cost
+from ..budget.layer_cost import INPUT, layer_cost, relative_cost, training_rate
 from ..capture.affine import AffineView, NotAffine, affine_view
 from ..capture.observation import ObservationConfig
 from .input_route import ScatterCache
@@ -123,6 +123,7 @@ class LayerRoute:
                 features_in=features_in,
                 map_weight=map_weight,
                 input_shared=shared,
+                rate=training_rate(rows.device.type, rows.dtype),
             )
         )
 

@@ -1,33 +1,27 @@
 """The figures of a run: per-layer profiles, layers-by-epochs heatmaps, averages, embeddings.
 
-Figures are built on matplotlib's object API with an Agg canvas, never through
-``pyplot``: nothing is registered in pyplot's global figure list, the user's
-backend is left alone, and a figure is freed as soon as it is saved, so a
-100-epoch run does not grow memory. Works headless. Axes of statistics bounded
-on both sides come from their :class:`~delve.statistics.registry.Statistic` record.
+Each figure has a canvas of its own, outside pyplot (:mod:`delve.output.canvas`).
+Titles start with the run's name, so a downloaded image says where it came
+from; layers may be shown with their class and shape (``2 (Linear
+256->256)``), and saturation bars with ``k`` and ``d``. Axes of statistics
+bounded on both sides come from their
+:class:`~delve.statistics.registry.Statistic` record.
 """
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import TextToPath
 from matplotlib.ticker import MaxNLocator
 
-from ..common.files import atomic_path
-from ..statistics.registry import by_name
+from ..statistics.registry import STATISTICS, by_name, logged_name
+from .canvas import draw_later, figure_to_rgb, new_figure, save_figure
 
 __all__ = [
     "axis_limits",
@@ -42,37 +36,22 @@ __all__ = [
     "DEFAULT_FONTSIZE",
 ]
 
-T = TypeVar("T")
-
 DEFAULT_FONTSIZE = 11
 
 
 def axis_limits(stat: str) -> tuple[float, float] | None:
-    """The fixed axis of a statistic bounded on both sides (its record's bounds), else ``None``.
+    """The fixed axis of a statistic (key or logged name) bounded on both sides, else ``None``.
 
     Examples
     --------
-    >>> axis_limits("saturation"), axis_limits("covariance-trace"), axis_limits("test_accuracy")
-    ((0.0, 1.0), None, None)
+    >>> axis_limits("saturation"), axis_limits("lsat"), axis_limits("covariance-trace"), axis_limits("test_accuracy")
+    ((0.0, 1.0), (0.0, 1.0), None, None)
     """
-    statistic = by_name(stat)
+    statistic = by_name(logged_name(stat))
     if statistic is None or not statistic.bounded:
         return None
     low, high = statistic.bounds
     return float(low), float(high)  # type: ignore[arg-type]
-
-
-def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
-    """A figure with its own Agg canvas, outside pyplot.
-
-    Examples
-    --------
-    >>> new_figure(4, 3).get_size_inches().tolist()
-    [4.0, 3.0]
-    """
-    figure = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(figure)
-    return figure
 
 
 def _text_width_inches(labels: Sequence[str], fontsize: float) -> float:
@@ -125,6 +104,8 @@ def profile_figure(
     primary: tuple[str, float] | None = None,
     fontsize: float = DEFAULT_FONTSIZE,
     run: str | None = None,
+    widths: Mapping[str, int] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Figure:
     """One bar per layer, in the given (forward) order, top to bottom.
 
@@ -132,6 +113,8 @@ def profile_figure(
     both sides (saturation: 0..1) use a fixed axis so epochs compare at a
     glance. Non-finite values
     (a singular covariance's log-determinant) are labelled instead of drawn.
+    With the layers' widths, saturation bars also say ``k/d`` and intrinsic
+    dimensionality bars ``k of d``.
 
     Parameters
     ----------
@@ -148,20 +131,30 @@ def profile_figure(
     run : str, optional
         The run's name, put first in the title so that a downloaded image
         says where it came from.
+    widths : mapping, optional
+        Layer name -> its width ``d``.
+    labels : mapping, optional
+        Layer name -> how the axis shows it (``2 (Linear 256->256)``).
 
     Examples
     --------
-    >>> figure = profile_figure({"conv1": 0.5, "fc": 0.25}, "saturation", "train", 3, ("test_accuracy", 0.9), run="vgg")
+    >>> figure = profile_figure({"conv1": 0.5, "fc": 0.25}, "saturation", "train", 3, ("test_accuracy", 0.9), run="vgg",
+    ...                         widths={"conv1": 8, "fc": 4}, labels={"fc": "fc (Linear 8->4)"})
     >>> [float(limit) for limit in figure.axes[0].get_xlim()], figure.axes[0].get_title().splitlines()[0]
     ([0.0, 1.0], 'vgg: saturation (train), epoch 3')
+    >>> [text.get_text().strip() for text in figure.axes[0].texts]
+    ['0.5 (4/8)', '0.25 (1/4)']
+    >>> [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    ['conv1', 'fc (Linear 8->4)']
     """
     layers = list(values)
+    shown = [(labels or {}).get(layer, layer) for layer in layers]
     numbers = np.array([float(values[layer]) for layer in layers], dtype=np.float64)
     finite = np.isfinite(numbers)
-    figure, axes = _framed_axes(layers, fontsize, 6.0, len(layers), 2 if primary is not None else 1, right=0.5)
+    figure, axes = _framed_axes(shown, fontsize, 6.0, len(layers), 2 if primary is not None else 1, right=0.9)
     positions = np.arange(len(layers))
     axes.barh(positions[finite], numbers[finite], color="tab:blue", height=0.7)
-    axes.set_yticks(positions, labels=layers, fontsize=fontsize)
+    axes.set_yticks(positions, labels=shown, fontsize=fontsize)
     axes.set_ylim(len(layers) - 0.5, -0.5)
     axes.tick_params(axis="x", labelsize=fontsize * 0.9)
     limits = axis_limits(stat)
@@ -171,14 +164,15 @@ def profile_figure(
         low, high = min(0.0, float(numbers[finite].min())), max(0.0, float(numbers[finite].max()))
         pad = 0.12 * (high - low) or 1.0
         axes.set_xlim(low - (pad if low < 0 else 0.0), high + pad)
-    for position, number, ok in zip(positions, numbers, finite):
-        # Labels sit just past the bar's end; a full saturation bar gets its
-        # label inside, since the axis stops at 1.
-        inside = ok and limits is not None and number > limits[0] + 0.85 * (limits[1] - limits[0])
+    for layer, position, number, ok in zip(layers, positions, numbers, finite):
+        # Labels sit just past the bar's end; a nearly full saturation bar gets
+        # its label inside, since the axis stops at 1.
+        inside = ok and limits is not None and number > limits[0] + 0.7 * (limits[1] - limits[0])
+        text = _bar_text(stat, number, (widths or {}).get(layer))
         if inside or (ok and number < 0):
-            align, label = "right", f"{_format(number)} "
+            align, label = "right", f"{text} "
         else:
-            align, label = "left", f" {_format(number)}"
+            align, label = "left", f" {text}"
         axes.text(
             number if ok else 0.0,
             position,
@@ -189,7 +183,7 @@ def profile_figure(
             color="white" if inside else "black",
             clip_on=False,
         )
-    axes.set_xlabel(stat, fontsize=fontsize)
+    axes.set_xlabel(f"{stat} = k / d" if stat == _SATURATION and widths else stat, fontsize=fontsize)
     axes.grid(axis="x", alpha=0.3)
     axes.set_axisbelow(True)
     title = _run_prefix(run) + f"{stat} ({mode}), epoch {epoch}"
@@ -206,6 +200,7 @@ def heatmap_figure(
     fontsize: float = DEFAULT_FONTSIZE,
     run: str | None = None,
     max_height: float | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Figure:
     """Layers (rows, forward order) by epochs (columns), coloured by value.
 
@@ -226,6 +221,8 @@ def heatmap_figure(
         The run's name, put first in the title.
     max_height : float, optional
         Highest plot area in inches; default: one full row per layer.
+    labels : mapping, optional
+        Layer name -> how the axis shows it (``2 (Linear 256->256)``).
 
     Examples
     --------
@@ -238,7 +235,7 @@ def heatmap_figure(
     first, last = (min(epochs), max(epochs)) if epochs else (0, 0)
     full = history.reindex(columns=range(first, last + 1))
     data = np.ma.masked_invalid(full.to_numpy(dtype=np.float64))
-    layers = [str(layer) for layer in history.index]
+    layers = [(labels or {}).get(str(layer), str(layer)) for layer in history.index]
     width = min(14.0, max(4.0, 0.12 * (last - first + 1) + 3.0))
     every = 1
     if max_height is not None and layers:
@@ -271,19 +268,23 @@ def heatmap_figure(
     return figure
 
 
-def history_figure(history: Mapping[str, pd.Series], stat: str, fontsize: float = DEFAULT_FONTSIZE) -> Figure:
+def history_figure(
+    history: Mapping[str, pd.Series], stat: str, fontsize: float = DEFAULT_FONTSIZE, run: str | None = None
+) -> Figure:
     """One line per mode over epochs, for values over all layers (``average-saturation``).
 
     Parameters
     ----------
     history : mapping
         Mode -> series indexed by epoch.
+    run : str, optional
+        The run's name, put first in the title.
 
     Examples
     --------
-    >>> figure = history_figure({"train": pd.Series([0.5, 0.4], index=[0, 1])}, "average-saturation")
-    >>> [float(limit) for limit in figure.axes[0].get_ylim()]
-    [0.0, 1.0]
+    >>> figure = history_figure({"train": pd.Series([0.5, 0.4], index=[0, 1])}, "average-saturation", run="vgg")
+    >>> [float(limit) for limit in figure.axes[0].get_ylim()], figure.axes[0].get_title()
+    ([0.0, 1.0], 'vgg: average-saturation per epoch')
     """
     figure = new_figure(6.0, 3.2)
     axes = figure.add_axes((0.12, 0.16, 0.84, 0.72))
@@ -298,7 +299,7 @@ def history_figure(history: Mapping[str, pd.Series], stat: str, fontsize: float 
     axes.tick_params(labelsize=fontsize * 0.9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=fontsize * 0.8, frameon=False)
-    axes.set_title(f"{stat} per epoch", fontsize=fontsize * 1.1)
+    axes.set_title(_run_prefix(run) + f"{stat} per epoch", fontsize=fontsize * 1.1)
     return figure
 
 
@@ -322,42 +323,22 @@ def embedding_figure(coordinates: np.ndarray, title: str, fontsize: float = DEFA
     return figure
 
 
-def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``figure`` as PNG atomically; the figure is cleared afterwards.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> path = save_figure(new_figure(2, 2), os.path.join(tempfile.mkdtemp(), "f.png"))
-    >>> path.stat().st_size > 0
-    True
-    """
-    target = Path(path)
-    try:
-        with atomic_path(target) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi)
-    finally:
-        figure.clear()
-    return target
-
-
-def figure_to_rgb(figure: Figure) -> np.ndarray:
-    """Render a figure to an ``(H, W, 3)`` uint8 array (for TensorBoard images).
-
-    Examples
-    --------
-    >>> figure_to_rgb(new_figure(2, 1, dpi=50)).shape
-    (50, 100, 3)
-    """
-    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
-    canvas.draw()
-    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    figure.clear()
-    return rgb
-
-
 def _run_prefix(run: str | None) -> str:
     return f"{run}: " if run else ""
+
+
+_SATURATION = STATISTICS["lsat"].name
+_DIMENSIONALITY = STATISTICS["idim"].name
+
+
+def _bar_text(stat: str, value: float, width: int | None) -> str:
+    """A bar's label: the value, and for saturation and intrinsic dimensionality also ``k`` and ``d``."""
+    if width and math.isfinite(value):
+        if stat == _SATURATION:
+            return f"{_format(value)} ({round(value * width)}/{width})"
+        if stat == _DIMENSIONALITY:
+            return f"{_format(value)} of {width}"
+    return _format(value)
 
 
 def _format(value: float) -> str:
@@ -368,29 +349,3 @@ def _format(value: float) -> str:
     if float(value).is_integer() and abs(value) < 1e6:
         return str(int(value))
     return f"{value:.3g}"
-
-
-_drawer: ThreadPoolExecutor | None = None
-_drawer_lock = threading.Lock()
-
-
-def draw_later(job: Callable[[], T]) -> Future[T]:
-    """Run a drawing job on delve's one drawing thread; the caller collects the result (or error).
-
-    Rendering a run's figures costs far more than computing its statistics
-    (matplotlib lays out every label), so the writers draw while training
-    goes on. One thread draws for every writer of the process, in order:
-    matplotlib is not thread-safe, and delve's own figures never overlap. The
-    thread finishes its jobs before the interpreter exits.
-
-    Examples
-    --------
-    >>> draw_later(lambda: 6 * 7).result()
-    42
-    """
-    global _drawer
-    with _drawer_lock:
-        if _drawer is None:
-            _drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delve-figures")
-            atexit.register(_drawer.shutdown, wait=True)
-        return _drawer.submit(job)

@@ -5,14 +5,17 @@ For ``savefile="runs/vgg"``::
     runs/vgg.csv                          CSV (one row per epoch)
     runs/vgg.run.json                     the run record: its layers and statistic names
     runs/vgg/events.out.tfevents.*        TensorBoard: the run folder is the log dir
-    runs/vgg/plots/saturation_train_epoch_00003.png   per-layer profile of one epoch
+    runs/vgg/plots/saturation_train_profile.png       per-layer profile, the latest epoch (redrawn)
+    runs/vgg/plots/saturation_train_epoch_00003.png   per-layer profile of one epoch (an option)
     runs/vgg/plots/saturation_train_heatmap.png       layers x epochs, redrawn each epoch
     runs/vgg/plots/average-saturation_history.png     the layer average over epochs
     runs/vgg/npy/<value name>/epoch_00003.npy         one folder per logged value
     runs/vgg/npy/counters.json                        folder -> value name, epochs written
     runs/vgg/npy.zip                      optional archive of exactly runs/vgg/npy
 
-So ``tensorboard --logdir runs`` shows one run per tracker, named after it.
+So ``tensorboard --logdir runs`` shows one run per tracker, named after it,
+and a folder holding several runs' CSVs (``runs/``) lists them
+(:func:`find_runs`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ __all__ = [
     "heatmap_filename",
     "history_filename",
     "PROFILE_PATTERN",
+    "run_name",
+    "find_runs",
 ]
 
 COUNTERS_FILE = "counters.json"
@@ -138,14 +143,16 @@ def epoch_of_filename(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def profile_filename(stat: str, mode: str, epoch: int) -> str:
-    """PNG name of a per-layer profile of one epoch.
+def profile_filename(stat: str, mode: str, epoch: int | None = None) -> str:
+    """PNG name of a per-layer profile: of one epoch, or (``epoch=None``) the latest one, redrawn.
 
     Examples
     --------
-    >>> profile_filename("saturation", "train", 3)
-    'saturation_train_epoch_00003.png'
+    >>> profile_filename("saturation", "train", 3), profile_filename("saturation", "train")
+    ('saturation_train_epoch_00003.png', 'saturation_train_profile.png')
     """
+    if epoch is None:
+        return f"{safe_filename(stat)}_{safe_filename(mode)}_profile.png"
     return f"{safe_filename(stat)}_{safe_filename(mode)}_epoch_{int(epoch):05d}.png"
 
 
@@ -169,3 +176,30 @@ def history_filename(stat: str) -> str:
     'average-saturation_history.png'
     """
     return f"{safe_filename(stat)}_history.png"
+
+
+def run_name(savepath: str | Path) -> str:
+    """The run's name in figure titles and TensorBoard: its run folder's name.
+
+    Examples
+    --------
+    >>> run_name("runs/vgg.csv")
+    'vgg'
+    """
+    return run_dir(savepath).name
+
+
+def find_runs(folder: str | Path) -> list[Path]:
+    """The savefiles of the runs whose CSVs lie directly in ``folder``, sorted by name.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in ("wide.csv", "lean.csv", "notes.txt"):
+    ...     with open(os.path.join(folder, name), "w") as handle:
+    ...         _ = handle.write("epoch;loss\\n0;1.0\\n")
+    >>> [path.name for path in find_runs(folder)]
+    ['lean', 'wide']
+    """
+    return [path.with_suffix("") for path in sorted(Path(folder).glob("*.csv")) if path.is_file()]

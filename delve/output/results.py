@@ -61,8 +61,9 @@ def load_results(savefile: str | os.PathLike) -> pd.DataFrame:
     Examples
     --------
     >>> import os, tempfile
+    >>> from pathlib import Path
     >>> path = os.path.join(tempfile.mkdtemp(), "run")
-    >>> _ = open(path + ".csv", "w").write(
+    >>> _ = Path(path + ".csv").write_text(
     ...     "epoch;train-saturation_fc;eval-saturation_fc;test_accuracy\\n0;0.5;0.25;0.9\\n")
     >>> load_results(path)
        epoch   mode layer           stat  value

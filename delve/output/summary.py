@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from ..common.naming import compose_name
-from ..statistics.registry import by_name
+from ..common.naming import RunRecord, compose_name
+from ..statistics.registry import by_name, logged_name
 from .tables import is_missing
 
 __all__ = ["summary_table", "format_summary"]
@@ -20,6 +20,9 @@ __all__ = ["summary_table", "format_summary"]
 
 def summary_table(results: pd.DataFrame, epoch: int | None = None, stats: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-layer table of one epoch (the last by default): layers by ``"<mode> <stat>"``.
+
+    ``stats`` selects statistics by key or logged name (``lsat`` or
+    ``saturation``); columns use the logged names.
 
     Examples
     --------
@@ -35,7 +38,7 @@ def summary_table(results: pd.DataFrame, epoch: int | None = None, stats: Iterab
     epoch = int(results["epoch"].max()) if epoch is None else int(epoch)
     selected = results[(results["epoch"] == epoch) & results["layer"].notna()]
     if stats is not None:
-        selected = selected[selected["stat"].isin(list(stats))]
+        selected = selected[selected["stat"].isin([logged_name(stat) for stat in stats])]
     columns = [f"{mode} {stat}" for mode, stat in zip(selected["mode"], selected["stat"])]
     long = pd.DataFrame(
         {"layer": selected["layer"].to_numpy(), "column": columns, "value": selected["value"].to_numpy()}
@@ -68,11 +71,18 @@ def _short_stat(stat: str) -> str:
     return statistic.key if statistic is not None and statistic.name == stat else stat
 
 
-def format_summary(results: pd.DataFrame, epoch: int | None = None, stats: Iterable[str] | None = None) -> str:
+def format_summary(
+    results: pd.DataFrame,
+    epoch: int | None = None,
+    stats: Iterable[str] | None = None,
+    record: RunRecord | None = None,
+) -> str:
     """The per-layer table of one epoch as compact text, user scalars on the last line.
 
-    Columns are ``<mode> <statistic key>`` (``lsat`` saturation, ``idim``
-    intrinsic dimensionality, ... as in ``stats=``).
+    Columns are ``<mode> <statistic>``: the statistic as ``stats`` names it
+    (key or logged name, ``lsat`` or ``saturation``), else by its key
+    (``lsat``, ``idim``, ... as in ``stats=``). With the run's ``record``,
+    layers are shown with their class and shape (``fc (Linear 32->10)``).
 
     Examples
     --------
@@ -90,13 +100,16 @@ def format_summary(results: pd.DataFrame, epoch: int | None = None, stats: Itera
         return "no values logged"
     epoch = int(results["epoch"].max()) if epoch is None else int(epoch)
     lines = [f"epoch {epoch}"]
+    stats = None if stats is None else list(stats)
+    # Each column is headed by the word the caller chose for its statistic.
+    words = {logged_name(stat): stat for stat in stats} if stats is not None else {}
     table = summary_table(results, epoch, stats)
     if not table.empty:
-        cells = [[str(layer) for layer in table.index]]
+        cells = [[record.label(str(layer)) if record is not None else str(layer) for layer in table.index]]
         headers = ["layer"]
         for column in table.columns:
             mode, _, stat = column.partition(" ")
-            headers.append(f"{mode} {_short_stat(stat)}")
+            headers.append(f"{mode} {words.get(stat) or _short_stat(stat)}")
             cells.append([_format_number(value) for value in table[column]])
         widths = [max(len(header), *(len(cell) for cell in column)) for header, column in zip(headers, cells)]
         lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))

@@ -36,6 +36,7 @@ __all__ = [
     "resolve_stats",
     "statistic_key",
     "statistic_names",
+    "logged_name",
     "by_name",
     "statistics_table",
 ]
@@ -328,6 +329,23 @@ def statistic_key(entry: object) -> str:
     keys = ", ".join(sorted(STATISTICS))
     names = ", ".join(sorted(s.name for s in STATISTICS.values()))
     raise ValueError(f"unknown statistic {entry!r}; accepted keys: {keys}; or their logged names: {names}")
+
+
+def logged_name(entry: str) -> str:
+    """The logged name of a statistic given by key or name; any other name (an unregistered one) as given.
+
+    For readers of a run's files, which may hold statistics this process
+    never registered.
+
+    Examples
+    --------
+    >>> logged_name("lsat"), logged_name("saturation"), logged_name("my-statistic")
+    ('saturation', 'saturation', 'my-statistic')
+    """
+    try:
+        return STATISTICS[statistic_key(entry)].name
+    except ValueError:
+        return entry
 
 
 def statistic_names(keys: Iterable[str]) -> Mapping[str, str]:

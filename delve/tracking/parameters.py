@@ -279,6 +279,15 @@ class TrackerConfig:
         partial(check_number, minimum=0),
         "float",
     )
+    append: bool = option(
+        False,
+        "Continue the run already written under ``savefile``: its rows are kept and this tracker's epochs follow "
+        "the last one written there. Without it a tracker refuses, before writing its first value, to write "
+        "over an earlier run's CSV, unless ``initial_epoch`` or :meth:`load_state_dict` resumes that run. Two "
+        "open trackers never write under the same ``savefile``.",
+        _as_bool,
+        "bool",
+    )
 
     # ------------------------------------------------------------- building
     @classmethod

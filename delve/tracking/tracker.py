@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -25,16 +26,17 @@ from ..engine.layer_state import LayerState
 from ..engine.recorder import LayerRecorders
 from ..statistics.epoch import compute_statistics, describe_run, merge_over_ranks
 from ..writers.registry import build_writer
-from .checkpoint import check_state, pack_state, pack_streams, restore_streams
+from .checkpoint import Checkpointing
 from .notices import Notices
 from .parameters import TrackerConfig
+from .savefiles import SavefileGuard
 
 __all__ = ["SaturationTracker", "CheckLayerSat"]
 
 logger = logging.getLogger("delve")
 
 
-class SaturationTracker:
+class SaturationTracker(Checkpointing):
     """Track the feature-space saturation of a network's layers during training.
 
     Forward hooks feed every tracked layer's output into a float64 running
@@ -92,13 +94,20 @@ class SaturationTracker:
         self._forward_order = ForwardOrder()
         self._recording = True
         self._closed = False
-        self._notices = Notices()
+        self._notices = Notices(config.savefile)
+        self._widths: dict[str, int] = {}  # each layer's d, from its first recorded forward pass
+        self._descriptions = {layer.name: layer.description for layer in self.layers}
 
         writing = not config.nosave and self.is_writer
         self.writer = build_writer(config.save_to if writing else (), config.savefile, config.writer_args)
+        # One open tracker per savefile, and no earlier run written over unless continued.
+        self._savefile = SavefileGuard(self, config.savefile, self.writer.writers, config.initial_epoch > 0)
         self.writer.record_run(self.run_record)
         if config.initial_epoch > 0:
             self.writer.resume_from_saved_state(config.initial_epoch)
+        elif config.append and (following := self._savefile.append()) is not None:
+            self.epoch = following
+            self.writer.resume_from_saved_state(following)
         self._handles = attach_hooks(self, self._layer_modules, self._recorders, self._forward_order)
         reset_compiler_for(modules)
         logger.info("delve tracks %d layers: %s", len(self.layers), ", ".join(self._recorders))
@@ -111,7 +120,12 @@ class SaturationTracker:
             # Other add_* calls (add_image, add_histogram, ...) go to the writers that have them.
             forward = self.writer.forwarded(name, self.epoch)
             if forward is not None:
-                return forward
+
+                def checked(*args: Any, **kwargs: Any) -> None:
+                    self._before_writing(f"{name}()")
+                    forward(*args, **kwargs)
+
+                return checked
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     # ------------------------------------------------------------- recording
@@ -130,14 +144,19 @@ class SaturationTracker:
     def run_record(self) -> RunRecord:
         """What this tracker logs: its layers and statistic names (given to every writer)."""
         config = self.config
-        return describe_run(list(self._recorders), config.stats, config.average_sat)
+        record = describe_run(list(self._recorders), config.stats, config.average_sat)
+        widths = {name: self._widths[name] for name in self._recorders if name in self._widths}
+        return replace(record, widths=widths, descriptions=dict(self._descriptions))
 
     def cost(self) -> pd.DataFrame:
         """The estimated cost of tracking each layer against training it, per batch.
 
-        From the shapes of each layer's first recorded forward pass, one row
-        per layer seen so far, in forward order; the columns are described at
-        :meth:`delve.budget.cost_model.CostModel.frame`.
+        From the shapes of each layer's first recorded forward pass (before
+        one: ``RuntimeError``), one row per layer seen so far, in forward
+        order. ``overhead`` is tracking every row against training the layer
+        (1.0 = 100 %), ``share`` its part of all tracking work; all columns:
+        :meth:`delve.budget.cost_model.CostModel.frame`. Printed, the table
+        shows percentages.
 
         Examples
         --------
@@ -149,8 +168,18 @@ class SaturationTracker:
         ...     table = tracker.cost()
         >>> table[["layer", "rows", "features"]].values.tolist()
         [['0', 32, 64], ['2', 32, 4]]
+        >>> print(table)
+        layer rows features update training overhead share kept_rows kept_overhead
+        0       32       64  66.6k    98.3k     389%   99%        32          389%
+        2       32        4    320    24.6k      19%  1.2%        32           19%
         """
-        return self._settings.costs.frame(self.layer_names)
+        table = self._settings.costs.frame(self.layer_names)
+        if table.empty:
+            raise RuntimeError(
+                "tracker.cost() estimates each layer's cost from the shapes of its first recorded forward pass, "
+                "and no tracked layer has recorded one yet: call it after the model's first batch"
+            )
+        return table
 
     @property
     def probes(self) -> bool:
@@ -235,15 +264,19 @@ class SaturationTracker:
         step under its lock, so a batch recorded by another thread counts in
         exactly one epoch; if a statistic raises, the epoch's rows are put back.
         """
+        self._before_writing("add_saturations()")
         reset = self.config.reset_covariance
         taken = self._recorders.take(reset=reset)
         try:
-            values = self._compute(taken)
+            values = self._compute(taken, notify_empty=True)
         except BaseException:
             if reset:  # nothing is lost when a statistic fails: the epoch's rows go back
                 self._recorders.give_back(taken)
             raise
         epoch = self.epoch
+        record = self.run_record
+        if record != self.writer.run_record:  # the first epoch brings the layers' widths
+            self.writer.record_run(record)
         try:
             self.writer.write_epoch(values, epoch, save)
         finally:
@@ -257,7 +290,7 @@ class SaturationTracker:
         """Where each layer's state lives: ``device=``, else the layer's own device."""
         return {name: self.config.device or module_device(module) for name, module in self._layer_modules.items()}
 
-    def _compute(self, taken: Mapping[str, Mapping[str, LayerState]]) -> dict[str, Any]:
+    def _compute(self, taken: Mapping[str, Mapping[str, LayerState]], notify_empty: bool = False) -> dict[str, Any]:
         """The logged values of states taken off the recorders (no hook can change them any more)."""
         config = self.config
         states = merge_over_ranks(
@@ -278,26 +311,36 @@ class SaturationTracker:
             budgeted,
             config.statistic_options,
         )
+        features = {state.layer: state.covariance.num_features for state in states if state.covariance.count}
+        self._widths.update(features)  # type: ignore[arg-type]
         if self.is_writer or not config.sync_ranks:  # with merged ranks, the writing rank warns
-            costs = self._settings.costs
-            self._notices.nonfinite(logged, self.epoch)
-            self._notices.costly(costs)
-            features = {state.layer: state.covariance.num_features for state in states if state.covariance.count}
-            self._notices.sparse(logged, features, costs)  # type: ignore[arg-type]
+            world = ranks.get_world_size(config.process_group) if config.sync_ranks else 1
+            self._notices.epoch(logged, states, self._settings.costs, self.epoch, world, notify_empty)
         return {value.name: value.value for value in logged}
 
     # --------------------------------------------------------------- writers
     def add_scalar(self, name: str, value: float, **kwargs: Any) -> None:
         """Log a user scalar (loss, accuracy...) into the current epoch's row."""
+        self._before_writing("add_scalar()")
         self.writer.add_scalar(name, _to_python(value), self.epoch, **kwargs)
 
     def add_scalars(self, prefix: str, value_dict: Mapping[str, float], **kwargs: Any) -> None:
         """Log several user scalars named ``prefix + key``."""
+        self._before_writing("add_scalars()")
         self.writer.add_scalars(prefix, {k: _to_python(v) for k, v in value_dict.items()}, self.epoch, **kwargs)
 
     def save(self) -> None:
         """Persist what the writers hold."""
         self.writer.save()
+
+    def _before_writing(self, call: str) -> None:
+        """Refuse a recording call on a closed tracker, and writing over an earlier run (checked once)."""
+        if self._closed:
+            raise RuntimeError(
+                f"this SaturationTracker ({self.config.savefile!r}) is closed: {call} after close() would record "
+                "nothing (close() removed its hooks and closed its writers); create a new tracker to go on"
+            )
+        self._savefile.before_writing()
 
     def close(self) -> None:
         """Remove every hook and close the writers. Safe to call twice."""
@@ -308,7 +351,10 @@ class SaturationTracker:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.writer.close()
+        try:
+            self.writer.close()
+        finally:
+            self._savefile.release(self)
 
     def __enter__(self) -> SaturationTracker:
         return self
@@ -320,58 +366,6 @@ class SaturationTracker:
         # A tracker that is garbage-collected must not leave hooks behind.
         for handle in self.__dict__.get("_handles", ()):
             handle.remove()
-
-    # ------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this tracker exactly where it stands.
-
-        Per layer and mode: the accumulators (float64, the co-moment as its
-        upper triangle), the ``embed`` sample and the counters; plus the
-        epoch, the forward order and the tracker's random streams (see
-        :mod:`delve.tracking.checkpoint`). Tensors and plain types only: it loads with
-        ``torch.load(path, weights_only=True)``. Under ``torch.distributed``
-        each rank's state holds that rank's rows only.
-
-        Examples
-        --------
-        >>> import io, torch
-        >>> from torch import nn
-        >>> model = nn.Linear(4, 3)
-        >>> tracker = SaturationTracker("run", modules=model, nosave=True)
-        >>> _ = model(torch.randn(10, 4))
-        >>> buffer = io.BytesIO()
-        >>> torch.save(tracker.state_dict(), buffer)
-        >>> _ = buffer.seek(0)
-        >>> state = torch.load(buffer, weights_only=True)
-        >>> state["layers"]["linear"]["train"]["accumulators"]["covariance"]["moments"]["comoment_upper"].dtype
-        torch.float64
-        >>> tracker.close()
-        """
-        state = pack_state(self.epoch, self._forward_order.names(), self._recorders.state_dict())
-        return {**state, **pack_streams(self.config.observation.generator, self._settings.sampler)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`, mid-epoch or between epochs.
-
-        Layer names must match this tracker's. The state goes to ``device=``
-        (or each layer's device) whatever its ``map_location``. A fresh
-        tracker that loads a later epoch resumes its writers there, so the
-        rows already on disk are kept.
-
-        Raises
-        ------
-        ValueError
-            If the state is not a tracker state, or holds layers this tracker
-            does not track.
-        """
-        check_state(state, self._recorders)
-        epoch = int(state["epoch"])
-        if not self.writer.wrote and epoch > 0 and self.writer.resumed_at != epoch:
-            self.writer.resume_from_saved_state(epoch)
-        self.epoch = epoch
-        self._forward_order.replace([name for name in state["forward_order"] if name in self._recorders])
-        self._recorders.load_state_dict(state["layers"], self._devices())
-        restore_streams(state, self.config.observation.generator, self._settings.sampler)
 
     def __repr__(self) -> str:
         return (

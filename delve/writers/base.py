@@ -5,10 +5,11 @@ every scalar value (statistics and user scalars alike), ``add_array`` for array
 statistics (``cov``, ``embed``), ``save`` once the epoch is complete, and
 ``close`` at the end. ``resume_from_saved_state`` is called once, before any
 value, when a run continues from ``initial_epoch > 0``. ``record_run`` hands
-over, once, the :class:`~delve.common.naming.RunRecord` of the tracker (its layers and
-statistic names): a writer reads a name as a per-layer value only when the
-record describes it (see :func:`delve.common.naming.classify`), so user scalars that
-happen to look like ``<mode>-<stat>_<layer>`` stay user scalars.
+over the :class:`~delve.common.naming.RunRecord` of the tracker (its layers and
+statistic names, and the layers' widths once they are known): a writer reads
+a name as a per-layer value only when the record describes it (see
+:func:`delve.common.naming.classify`), so user scalars that happen to look
+like ``<mode>-<stat>_<layer>`` stay user scalars.
 
 Writers create nothing on disk before their first ``save``, so a tracker that
 is built and dropped, or one with ``nosave=True``, leaves no files behind.
@@ -92,12 +93,19 @@ class AbstractWriter(ABC):
 
     #: What the tracker logs, from :meth:`record_run`; ``None`` for a writer used on its own.
     run_record: RunRecord | None = None
+    #: Whether it writes files derived from its ``savepath``: two open trackers may not share such a
+    #: savepath, and a run already there is not written over unless continued (``append=True``).
+    writes_files: bool = True
 
     def __init__(self, savepath: str = "", **kwargs: Any) -> None:
         self.savepath = str(savepath)
 
     def record_run(self, record: RunRecord) -> None:
-        """Learn which names are the tracker's per-layer values (called once, before any value)."""
+        """Learn which names are the tracker's per-layer values.
+
+        Called before any value, and again when the record grows: the layers'
+        widths are known from their first recorded forward pass.
+        """
         self.run_record = record
 
     @abstractmethod

@@ -41,6 +41,8 @@ class PrintWriter(AbstractWriter):
     test_accuracy = 0.75
     """
 
+    writes_files = False
+
     def __init__(self, savepath: str = "", file: IO[str] | None = None, **kwargs: Any) -> None:
         super().__init__(savepath)
         self.file = file
@@ -53,5 +55,6 @@ class PrintWriter(AbstractWriter):
     def save(self) -> None:
         for epoch, values in sorted(self._values.items()):
             frame = pd.DataFrame([values], index=pd.Index([epoch], name="epoch"))
-            tqdm.write(format_summary(tidy(frame, self.run_record)), file=self.file or sys.stdout)
+            text = format_summary(tidy(frame, self.run_record), record=self.run_record)
+            tqdm.write(text, file=self.file or sys.stdout)
         self._values.clear()

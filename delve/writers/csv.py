@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..common.naming import RunRecord
-from ..output.formats.csv import read_csv, write_csv
+from ..output.formats.csv import integer_columns, read_csv, write_csv
 from ..output.formats.record import write_record
 from ..output.layout import csv_path, record_path
 from .base import AbstractWriter, WriterError, writing
@@ -23,7 +24,9 @@ class CSVWriter(AbstractWriter):
     in the order values first arrived (for the tracker's statistics, the
     layers' forward order). A column that appears only in later epochs (a
     layer first seen in epoch 3, a scalar logged once) is empty (NaN) in the
-    other rows. The file is rewritten atomically on every :meth:`save`, so a
+    other rows. A column whose every value arrived as an integer (the counts:
+    ``rows``, ``nonfinite-batches``, ``intrinsic-dimensionality``) is written
+    as integers. The file is rewritten atomically on every :meth:`save`, so a
     crash leaves the previous epoch's complete file. Arrays (``cov``,
     ``embed``) are not written; use the NPY writer for them. Beside the CSV,
     ``<savepath>.run.json`` records the tracker's layers and statistic names
@@ -51,6 +54,8 @@ class CSVWriter(AbstractWriter):
         self.path = str(csv_path(self.savepath))
         self._rows: dict[int, dict[str, float]] = {}
         self._columns: dict[str, None] = {}
+        # Column -> whether every value so far was an integer: those are written without ".0".
+        self._integers: dict[str, bool] = {}
         self._written_record: RunRecord | None = None
 
     def _resolve_epoch(self, epoch: int | None) -> int:
@@ -60,6 +65,7 @@ class CSVWriter(AbstractWriter):
         epoch = self._resolve_epoch(epoch)
         self._rows.setdefault(epoch, {})[name] = _as_float(value)
         self._columns.setdefault(name)
+        self._integers[name] = self._integers.get(name, True) and _is_integer(value)
 
     def dataframe(self) -> pd.DataFrame:
         """Everything recorded so far, one row per epoch."""
@@ -72,6 +78,9 @@ class CSVWriter(AbstractWriter):
         if not self._rows and not self._columns:
             return  # nothing logged yet: leave no empty file behind
         frame = self.dataframe()
+        for column, integer in self._integers.items():
+            if integer:
+                frame[column] = frame[column].astype("Int64")  # empty cells stay empty
         with writing(self, self.path):
             write_csv(frame, self.path)
         if self.run_record is not None and self._written_record != self.run_record:
@@ -87,8 +96,10 @@ class CSVWriter(AbstractWriter):
         except ValueError as error:
             raise WriterError(f"CSVWriter cannot resume from {self.path}: {error}") from error
         frame = frame[frame.index < initial_epoch]
+        integers = set(integer_columns(self.path))
         for column in frame.columns:
             self._columns.setdefault(column)
+            self._integers[column] = column in integers
         for epoch, row in frame.iterrows():
             self._rows[int(epoch)] = {k: v for k, v in row.items() if not _is_nan(v)}
 
@@ -98,6 +109,10 @@ def _as_float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError) as error:
         raise ValueError(f"CSV values must be scalars, got {type(value).__name__}") from error
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _is_nan(value: Any) -> bool:

@@ -1,4 +1,4 @@
-"""CSV plus figures: per-layer profiles and saturation heatmaps, every epoch."""
+"""CSV plus figures: per-layer profiles and saturation heatmaps, redrawn every epoch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..output.figures import draw_later
-from ..output.layout import PROFILE_PATTERN
+from ..output.layout import PROFILE_PATTERN, run_name
 from ..output.layout import plot_dir as default_plot_dir
 from ..output.plotting import plot_results
 from ..output.tables import tidy
@@ -26,17 +26,22 @@ class CSVandPlottingWriter(CSVWriter):
 
     For every statistic and mode with per-layer values:
 
-    * ``<savepath>/plots/<stat>_<mode>_epoch_<NNNNN>.png``: one bar per layer
-      in forward order, full layer names, saturation on a fixed 0..1 axis,
-      the ``primary_metric`` (e.g. test accuracy) under the title;
+    * ``<savepath>/plots/<stat>_<mode>_profile.png``: one bar per layer in
+      forward order, named with its class and shape (``fc1 (Linear
+      64->128)``), saturation on a fixed 0..1 axis with ``k/d`` on each bar,
+      the ``primary_metric`` (e.g. test accuracy) under the title; redrawn
+      every epoch, so it shows the latest one (``epoch_profiles=True``: one
+      file per epoch instead);
     * ``<savepath>/plots/saturation_<mode>_heatmap.png``: layers by epochs,
       redrawn every epoch so it grows with training;
     * ``<savepath>/plots/average-saturation_history.png``: the average over
       layers per epoch (``average_sat=True``; with ``layerwise_sat=False`` it
       is the only figure).
 
-    Figures are drawn off-screen (Agg, no pyplot) and freed after saving, so
-    long runs do not accumulate memory. See :mod:`delve.output.plotting`.
+    Titles start with the run's name. ``delve plot`` draws the same figures
+    from the run's files. Figures are drawn off-screen (Agg, no pyplot) and
+    freed after saving, so long runs do not accumulate memory. See
+    :mod:`delve.output.plotting`.
 
     Parameters
     ----------
@@ -45,13 +50,16 @@ class CSVandPlottingWriter(CSVWriter):
     fontsize : float
         Base font size of the figures.
     primary_metric : str, optional
-        Name of a user scalar (``tracker.add_scalar("test_accuracy", ...)``)
-        shown on every profile.
+        Name of a user scalar (``tracker.add_scalar("test-accuracy", ...)``)
+        shown on every profile. ``"auto"`` (default): the run's accuracy, if
+        it logs one (:func:`~delve.output.plotting.find_primary_metric`);
+        ``None``: none.
     plot_dir : str, optional
         Folder for the PNGs instead of ``<savepath>/plots``.
     epoch_profiles : bool
-        Keep one profile file per epoch (default). ``False`` draws only the
-        heatmaps.
+        ``False`` (default): one profile per statistic and mode, redrawn
+        every epoch. ``True``: a profile file per epoch instead (100 epochs,
+        3 statistics, 2 modes: 600 files).
     background : bool
         Draw the figures on delve's drawing thread (default), so training
         does not wait for matplotlib: an epoch's figures are on disk when the
@@ -62,21 +70,21 @@ class CSVandPlottingWriter(CSVWriter):
     --------
     >>> import os, tempfile
     >>> run = os.path.join(tempfile.mkdtemp(), "run")
-    >>> writer = CSVandPlottingWriter(run, fontsize=16, primary_metric="test_accuracy")
+    >>> writer = CSVandPlottingWriter(run, fontsize=16)
     >>> writer.add_scalar("train-saturation_fc", 0.5, epoch=0)
-    >>> writer.add_scalar("test_accuracy", 0.9, epoch=0)
+    >>> writer.add_scalar("test-accuracy", 0.9, epoch=0)
     >>> writer.close()
     >>> sorted(os.listdir(os.path.join(run, "plots")))
-    ['saturation_train_epoch_00000.png', 'saturation_train_heatmap.png']
+    ['saturation_train_heatmap.png', 'saturation_train_profile.png']
     """
 
     def __init__(
         self,
         savepath: str,
         fontsize: float = 11,
-        primary_metric: str | None = None,
+        primary_metric: str | None = "auto",
         plot_dir: str | None = None,
-        epoch_profiles: bool = True,
+        epoch_profiles: bool = False,
         background: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -105,9 +113,11 @@ class CSVandPlottingWriter(CSVWriter):
             plot_results,
             tidy(self.dataframe(), self.run_record),  # a snapshot: later values do not leak in
             self.plot_dir,
-            epochs=epochs if self.epoch_profiles else [],
+            epochs=epochs if self.epoch_profiles else "current",
             primary_metric=self.primary_metric,
             fontsize=self.fontsize,
+            run=run_name(self.savepath),
+            record=self.run_record,
         )
         if self.background:
             self._drawing = draw_later(draw)

@@ -243,6 +243,9 @@ class TensorBoardWriter(AbstractWriter):
         self._layout_written = layout
 
     def _queue_overview_images(self) -> None:
+        record = self.run_record
+        labels = {layer: record.label(layer) for layer in record.layers} if record is not None else {}
+        widths = dict(record.widths) if record is not None else {}
         for (stat, mode), by_layer in self._history.items():
             if by_name(stat) is None:
                 continue
@@ -258,12 +261,16 @@ class TensorBoardWriter(AbstractWriter):
                     index=layers,
                     columns=epochs,
                 )
-                build = partial(heatmap_figure, history, stat, mode, self.fontsize, self.run_name, HEATMAP_HEIGHT)
+                build = partial(
+                    heatmap_figure, history, stat, mode, self.fontsize, self.run_name, HEATMAP_HEIGHT, labels
+                )
                 self._images.append((overview_tag(stat, "heatmap", mode), steps[-1], build))
             if stat == PROFILE_STAT and self.profile_images:
                 for step in steps:
                     values = {layer: by_layer[layer][step] for layer in layers if step in by_layer[layer]}
-                    build = partial(profile_figure, values, stat, mode, step, fontsize=self.fontsize, run=self.run_name)
+                    build = partial(
+                        profile_figure, values, stat, mode, step, None, self.fontsize, self.run_name, widths, labels
+                    )
                     self._images.append((overview_tag(stat, "profile", mode), step, build))
 
     def _draw(self, images: list[ImageJob]) -> None:

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from conftest import np_cov, rel_fro
 from torch import nn
 
 from delve import SaturationTracker
+from delve.budget import cost_model
 from delve.budget.cost_model import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
 from delve.budget.layer_cost import LayerCost, relative_cost
 from delve.budget.row_sampler import RowSampler
@@ -56,12 +58,32 @@ def test_cost_table_counts_the_work_by_hand() -> None:
     assert (table["kept_rows"] == table["rows"]).all()  # no budget: every row
 
 
-def test_a_widening_layer_is_named_once_with_the_remedy() -> None:
+def test_costly_tracking_is_named_once_with_the_tracker_the_formula_and_the_remedy(monkeypatch) -> None:
     model = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 8))  # d_out / d_in = 16
-    tracker = SaturationTracker("w", modules=model, nosave=True)
+    tracker = SaturationTracker("runs/wide", modules=model, nosave=True)
     with torch.no_grad():
         model(torch.randn(32, 64))
-    with pytest.warns(UserWarning, match=r"estimated at \d+% .*most of it is in '0'.*max_overhead=0\.05"):
+    # By hand, on a CPU: a row of layer 0 costs d(d+1)/2 float64 products of 5 training multiply-adds each
+    # and a pass of 24 per feature; training runs at 5e10 multiply-adds per second (layer_cost's figure).
+    d = 1024
+    seconds = 32 * (d * (d + 1) // 2 * 5 + d * 24) / 5e10
+    assert tracker._settings.costs.seconds({"0": 32}) == pytest.approx(seconds)
+    # The estimate (about 2 ms) is under the threshold: however large the share, nothing is said...
+    assert tracker.cost().set_index("layer").loc["0", "overhead"] > 0.25
+    monkeypatch.setattr(cost_model, "EXPENSIVE_SECONDS", seconds * 1.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracker.add_saturations()
+    # ... until an epoch's estimate passes it.
+    monkeypatch.setattr(cost_model, "EXPENSIVE_SECONDS", seconds * 0.5)
+    with torch.no_grad():
+        model(torch.randn(32, 64))
+    message = (
+        rf"^delve \(runs/wide\): tracking every row is estimated at \d+% of the tracked layers' training work, "
+        rf"about {seconds:.2g} s in this epoch; most of it is in '0' \(d = 1024\): a layer of width d pays "
+        r"d\(d\+1\)/2 multiply-adds per row\. SaturationTracker\(\.\.\., max_overhead=0\.05\)"
+    )
+    with pytest.warns(UserWarning, match=message):
         tracker.add_saturations()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -69,6 +91,45 @@ def test_a_widening_layer_is_named_once_with_the_remedy() -> None:
             model(torch.randn(32, 64))
         tracker.add_saturations()  # said once
     tracker.close()
+
+
+def test_a_small_experiment_is_not_warned_about_however_large_its_share() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with SaturationTracker("toy", modules=model, nosave=True) as tracker:
+            for _ in range(5):
+                for _ in range(100):
+                    model(torch.randn(32, 8))
+                tracker.add_saturations()
+            table = tracker.cost()
+    assert (table["overhead"] > 0.5).all()  # tracking costs more than half of training these layers...
+    assert tracker._settings.costs.expensive()[0] > cost_model.EXPENSIVE_SHARE
+    # ... but 500 batches of it are estimated at well under a millisecond.
+    assert tracker._settings.costs.seconds({"0": 16_000, "2": 16_000}) < 1e-3 < cost_model.EXPENSIVE_SECONDS
+
+
+def test_cost_table_prints_percentages_and_fits_a_terminal() -> None:
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    with SaturationTracker("c", modules=model, nosave=True) as tracker:
+        with pytest.raises(RuntimeError, match=r"no tracked layer has recorded one yet.*after the model's first batch"):
+            tracker.cost()
+        model(torch.randn(32, 16))
+        table = tracker.cost()
+    text = str(table)
+    lines = text.splitlines()
+    assert lines[0].split() == list(table.columns)  # every column shown, none hidden behind "..."
+    assert max(len(line) for line in lines) <= 80
+    by_layer = {line.split()[0]: line.split() for line in lines[1:]}
+    for _, row in table.iterrows():
+        cells = by_layer[row["layer"]]
+        assert int(cells[1]) == row["rows"] and int(cells[2]) == row["features"]
+        # overhead, share and kept_overhead are fractions, printed as percentages
+        for index, column in ((5, "overhead"), (6, "share"), (8, "kept_overhead")):
+            percent = 100 * row[column]
+            assert cells[index] == (f"{percent:.0f}%" if percent >= 10 else f"{percent:.1f}%")
+    assert table.loc[0, "update"] == 32 * 64 * 65 // 2 and by_layer["0"][3] == "66.6k"
+    assert type(table[["layer", "overhead"]]) is pd.DataFrame  # a selection prints as pandas does
 
 
 def test_water_filling_gives_equal_rows_per_feature_up_to_the_rows_a_layer_has() -> None:
@@ -223,8 +284,13 @@ def _budget_run(seed: int, batches: list[torch.Tensor], max_overhead: float) -> 
         for batch in batches:
             layer(batch)
     period = tracker._settings.costs.period("linear")
-    values = tracker.add_saturations()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = tracker.add_saturations()
     tracker.close()
+    # A small budget leaves fewer than 20 rows per feature: the tracker says so, and says nothing else.
+    sparse = values["train-rows_linear"] < 20 * 48
+    assert [("fewer than 20 per feature" in str(w.message)) for w in caught] == ([True] if sparse else [])
     return values, period
 
 

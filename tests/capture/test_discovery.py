@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from delve import SaturationTracker
-from delve.capture.discovery import discover_layers, unwrap_model
+from delve.capture.discovery import describe_module, discover_layers, unwrap_model
 
 
 class Net(nn.Module):
@@ -168,3 +168,26 @@ def test_compiled_wrapper_is_unwrapped():
 def test_tracker_layer_names_follow_discovery_before_any_forward():
     with SaturationTracker("unused", modules=Net(), layer_filter="classifier", nosave=True) as tracker:
         assert tracker.layer_names == ["classifier-1", "classifier-3"]
+
+
+def test_a_layer_is_described_by_its_class_and_shape():
+    class Conv1D(nn.Module):  # transformers' GPT-2 projection keeps its shape as nx -> nf
+        def __init__(self, nf: int, nx: int) -> None:
+            super().__init__()
+            self.nf, self.nx = nf, nx
+            self.weight = nn.Parameter(torch.zeros(nx, nf))
+
+    class Gate(nn.Module):
+        pass
+
+    cases = {
+        nn.Linear(256, 128): "Linear 256->128",
+        nn.Conv2d(3, 16, 3): "Conv2d 3->16",
+        nn.ConvTranspose1d(8, 4, 2): "ConvTranspose1d 8->4",
+        nn.GRU(10, 20): "GRU 10->20",
+        nn.LSTM(8, 32, bidirectional=True): "LSTM 8->2x32",
+        nn.MultiheadAttention(64, 4): "MultiheadAttention 64",
+        Conv1D(2304, 768): "Conv1D 768->2304",
+        Gate(): "Gate",
+    }
+    assert {describe_module(module): text for module, text in cases.items()} == {t: t for t in cases.values()}

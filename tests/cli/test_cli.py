@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +52,11 @@ def test_python_dash_m_summary_prints_the_last_epoch(run):
     lines = done.stdout.splitlines()
     assert lines[0] == "epoch 1"
     assert lines[1].split() == ["layer", "train", "lsat", "train", "idim"]
-    values = {line.split()[0]: line.split()[1:] for line in lines[2:4]}
-    assert float(values["0"][0]) == pytest.approx(frame.loc[1, "train-saturation_0"], abs=5e-4)
-    assert int(values["2"][1]) == frame.loc[1, "train-intrinsic-dimensionality_2"]
+    # Layers with their class and shape, from the run record alone (the model is not here).
+    values = {line.rsplit(None, 2)[0]: line.split()[-2:] for line in lines[2:4]}
+    assert list(values) == ["0 (Linear 6->5)", "2 (Linear 5->3)"]
+    assert float(values["0 (Linear 6->5)"][0]) == pytest.approx(frame.loc[1, "train-saturation_0"], abs=5e-4)
+    assert int(values["2 (Linear 5->3)"][1]) == frame.loc[1, "train-intrinsic-dimensionality_2"]
     assert lines[4] == "test_accuracy = 0.75"
 
 
@@ -196,3 +199,93 @@ def test_plot_warns_about_an_unknown_primary_metric(run, tmp_path, capsys):
     assert main(["plot", run, "--out", str(tmp_path), "--primary-metric", "test-accuracy"]) == 0
     err = capsys.readouterr().err
     assert "no scalar named 'test-accuracy'; the run has: test_accuracy" in err
+
+
+@pytest.mark.parametrize("word", ["lsat", "saturation", "idim", "intrinsic-dimensionality"])
+def test_summary_takes_a_statistic_by_key_or_logged_name_and_prints_that_word(run, word, capsys):
+    assert main(["summary", run, "--stat", word]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["layer", "train", word]
+    frame = pd.read_csv(run + ".csv", sep=";", index_col=0)
+    column = "saturation" if word in ("lsat", "saturation") else "intrinsic-dimensionality"
+    printed = [float(line.split()[-1]) for line in lines[2:4]]
+    expected = [frame.loc[1, f"train-{column}_{layer}"] for layer in ("0", "2")]
+    assert printed == pytest.approx(expected, abs=5e-4)
+
+
+@pytest.mark.parametrize(
+    ("word", "message"),
+    [
+        ("nope", r"has no statistic 'nope'; it holds: saturation, intrinsic-dimensionality \(give a key or a logged"),
+        ("erank", r"has no statistic 'erank'; it holds: saturation, intrinsic-dimensionality"),
+    ],
+)
+def test_summary_refuses_a_statistic_the_run_does_not_hold(run, word, message, capsys):
+    assert main(["summary", run, "--stat", word]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.search(message, captured.err), captured.err
+
+
+def _two_runs(folder: Path) -> dict[str, pd.DataFrame]:
+    for name, width in (("lean", 3), ("wide", 12)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, width), nn.ReLU(), nn.Linear(width, 2))
+        with SaturationTracker(str(folder / name), modules=model, stats=["lsat"]) as tracker:
+            model(torch.randn(60, 6))
+            tracker.add_scalar("test-accuracy", 0.5)
+            tracker.add_saturations()
+    return {name: pd.read_csv(folder / f"{name}.csv", sep=";", index_col=0) for name in ("lean", "wide")}
+
+
+def test_summary_of_a_folder_summarises_each_run(tmp_path, capsys):
+    frames = _two_runs(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a run")
+    assert main(["summary", str(tmp_path), "--stat", "lsat"]) == 0
+    text = capsys.readouterr().out
+    blocks = text.split("\n\n")
+    assert [block.splitlines()[0] for block in blocks] == [
+        f"== lean ({tmp_path / 'lean.csv'})",
+        f"== wide ({tmp_path / 'wide.csv'})",
+    ]
+    for block, (name, frame) in zip(blocks, frames.items()):
+        lines = block.splitlines()
+        assert lines[1] == "epoch 0" and lines[2].split() == ["layer", "train", "lsat"]
+        width = 3 if name == "lean" else 12
+        assert lines[3].startswith(f"0 (Linear 6->{width})") and lines[4].startswith(f"2 (Linear {width}->2)")
+        printed = [float(line.split()[-1]) for line in lines[3:5]]
+        expected = [frame.loc[0, "train-saturation_0"], frame.loc[0, "train-saturation_2"]]
+        assert printed == pytest.approx(expected, abs=5e-4)
+        assert lines[5] == "test-accuracy = 0.5"
+
+
+def test_a_run_folder_named_with_a_trailing_slash_is_the_run(run, capsys):
+    assert main(["summary", run + "/"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "epoch 1"
+
+
+def test_plot_of_a_folder_draws_each_run(tmp_path, capsys):
+    _two_runs(tmp_path)
+    assert main(["plot", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote 2 figure(s) to {tmp_path / 'lean' / 'plots'}",
+        f"wrote 2 figure(s) to {tmp_path / 'wide' / 'plots'}",
+    ]
+    for name in ("lean", "wide"):
+        names = sorted(p.name for p in (tmp_path / name / "plots").iterdir())
+        assert names == ["saturation_train_heatmap.png", "saturation_train_profile.png"]
+
+
+def test_a_folder_without_runs_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["summary", str(tmp_path)]) == 2
+    message = f"delve summary: error: no delve results in the folder {tmp_path}: it holds no <run>.csv"
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_help_examples_are_the_demo_s_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["plot", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "e.g. test-accuracy" in text and "test_accuracy" not in text
+    with pytest.raises(SystemExit):
+        main(["summary", "--help"])
+    assert "e.g. lsat or saturation" in " ".join(capsys.readouterr().out.split())

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +22,31 @@ from delve import demo
 from delve.tracking.tracker import SaturationTracker
 
 LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
+MODES = ("train", "eval")
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
     stream = io.StringIO()
-    code = demo.run_demo(out_dir=str(out), epochs=1, progress=False, stream=stream)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = demo.run_demo(out_dir=str(out), epochs=1, progress=False, stream=stream)
+    assert [str(warning.message) for warning in caught] == []  # the demo warns about nothing, itself included
     return out, code, stream.getvalue()
+
+
+def test_a_second_demo_in_the_same_folder_starts_afresh_without_warnings(tmp_path) -> None:
+    # Run again into the same folder: the earlier run's files are replaced, not refused or appended to.
+    again = tmp_path / "again"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            assert demo.run_demo(out_dir=str(again), epochs=1, progress=False, stream=io.StringIO()) == 0
+    for spec in demo.DEMO_NETWORKS:
+        assert list(pd.read_csv(again / f"{spec.name}.csv", sep=";", index_col=0).index) == [0]
+        events = [p for p in (again / spec.name).iterdir() if p.name.startswith("events.out.tfevents")]
+        assert len(events) == 1
 
 
 def test_demo_writes_csv_tensorboard_and_plots(demo_run: tuple[Path, int, str]) -> None:
@@ -46,17 +66,29 @@ def test_demo_writes_csv_tensorboard_and_plots(demo_run: tuple[Path, int, str]) 
         assert frame["test-accuracy"].between(0, 1).all()
         assert any(p.name.startswith("events.out.tfevents") for p in (out / spec.name).iterdir())
         plots = {p.name for p in (out / spec.name / "plots").iterdir()}
-        assert {
-            "saturation_train_heatmap.png",
-            "saturation_eval_heatmap.png",
-            "saturation_train_epoch_00000.png",
-        } <= plots
+        stats = ("saturation", "intrinsic-dimensionality")
+        profiles = {f"{stat}_{mode}_profile.png" for stat in stats for mode in MODES}
+        assert plots == profiles | {f"saturation_{mode}_heatmap.png" for mode in MODES}
+        # The run record says what each layer is, so figures and summaries read back can say it too.
+        record = json.loads((out / f"{spec.name}.run.json").read_text())
+        model = demo.build_network(spec)
+        assert record["widths"] == demo.layer_widths(model)
+        assert record["descriptions"]["fc1"] == f"Linear {4 * spec.channels[2]}->{spec.hidden}"
+        assert record["descriptions"]["conv2"] == f"Conv2d {spec.channels[0]}->{spec.channels[1]}"
+        # Counts are integers in the CSV: read back as such by csv and pandas.
+        with open(out / f"{spec.name}.csv", newline="") as handle:
+            row = next(csv.DictReader(handle, delimiter=";"))
+        assert row["train-intrinsic-dimensionality_fc1"].isdigit()
+        assert frame["train-intrinsic-dimensionality_fc1"].dtype == np.int64
     assert (out / demo.COMPARISON_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_prints_table_accuracy_and_paths(demo_run: tuple[Path, int, str]) -> None:
     out, _, text = demo_run
     assert f"tensorboard --logdir {out}" in text
+    assert f"delve summary {out}" in text and f"delve plot {out}" in text
+    assert "'Acting on the numbers' in the documentation, docs/acting.rst" in text
+    assert (Path(__file__).resolve().parents[2] / "docs" / "acting.rst").is_file()
     assert str(out / "lean.csv") in text and str(out / "wide.csv") in text
     table_rows = {line.split()[0]: line for line in text.splitlines() if line.split()[:1] and line.split()[0] in LAYERS}
     assert set(table_rows) == set(LAYERS)
@@ -115,3 +147,47 @@ def test_python_dash_m_help() -> None:
         [sys.executable, "-m", "delve.demo", "--help"], capture_output=True, text=True, check=True, timeout=120
     )
     assert "--epochs" in done.stdout and "--out" in done.stdout
+
+
+def test_the_tensorboard_hint_says_how_to_get_tensorboard_when_it_is_missing(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    stream = io.StringIO()
+    assert demo.run_demo(out_dir=str(tmp_path), epochs=1, progress=False, stream=stream, plots=False) == 0
+    assert "(TensorBoard itself: pip install tensorboard)" in stream.getvalue()
+    monkeypatch.setattr(demo.shutil, "which", lambda name: "/usr/bin/" + name)
+    stream = io.StringIO()
+    assert demo.run_demo(out_dir=str(tmp_path), epochs=1, progress=False, stream=stream, plots=False) == 0
+    assert "pip install tensorboard" not in stream.getvalue()
+
+
+def test_the_demo_requirements_install_tensorboard() -> None:
+    root = Path(__file__).resolve().parents[2]
+    pins = {}
+    for name in ("demo.txt", "test.txt"):
+        for line in (root / "requirements" / name).read_text().splitlines():
+            if line.startswith("tensorboard=="):
+                pins[name] = line
+    assert pins["demo.txt"] == pins["test.txt"]  # the same pin in both
+
+
+def test_delve_plot_and_summary_read_the_demo_folder_back(demo_run, tmp_path, capsys) -> None:
+    from matplotlib import image as mpimg
+
+    from delve.cli import main
+
+    out, _, _ = demo_run
+    assert main(["summary", str(out), "--stat", "lsat"]) == 0
+    text = capsys.readouterr().out
+    assert [line for line in text.splitlines() if line.startswith("==")] == [
+        f"== {spec.name} ({out / (spec.name + '.csv')})" for spec in demo.DEMO_NETWORKS
+    ]
+    assert "conv1 (Conv2d 1->8)" in text and "fc1 (Linear 256->128)" in text
+    # delve plot redraws the demo's figures exactly (same names, same pixels).
+    assert main(["plot", str(out), "--out", str(tmp_path)]) == 0
+    for spec in demo.DEMO_NETWORKS:
+        drawn = sorted(p.name for p in (out / spec.name / "plots").iterdir())
+        assert sorted(p.name for p in (tmp_path / spec.name).iterdir()) == drawn
+        for name in drawn:
+            np.testing.assert_array_equal(
+                mpimg.imread(tmp_path / spec.name / name), mpimg.imread(out / spec.name / "plots" / name), err_msg=name
+            )

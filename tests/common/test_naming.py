@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from delve import SaturationTracker
-from delve.common.naming import MODES, layer_name, parse_value_name, safe_filename, value_name
+from delve.common.naming import MODES, RunRecord, layer_name, parse_value_name, safe_filename, value_name
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,41 @@ def test_tracker_logs_nested_names_with_dashes():
         values = tracker.add_saturations()
     assert list(values) == ["train-saturation_body-0-0", "train-saturation_body-1-head"]
     assert [parse_value_name(key).layer for key in values] == ["body-0-0", "body-1-head"]
+
+
+def test_run_record_keeps_widths_and_descriptions_and_reads_the_format_1_file(tmp_path):
+    import json
+
+    from delve.output.formats.record import read_record, write_record
+
+    descriptions = {"0": "Linear 64->256", "2": "Linear 256->10"}
+    record = RunRecord(("0", "2"), ("saturation",), (), {"0": 256, "2": 10}, descriptions)
+    write_record(tmp_path / "run", record)
+    content = json.loads((tmp_path / "run.run.json").read_text())
+    assert content["format"] == 2 and content["widths"] == {"0": 256, "2": 10}
+    assert read_record(tmp_path / "run") == record
+    assert [record.label(layer) for layer in ("0", "2", "x")] == ["0 (Linear 64->256)", "2 (Linear 256->10)", "x"]
+    # delve 0.2.0 wrote format 1: no widths, no descriptions; layers are then shown by name alone.
+    old = {"format": 1, "layers": ["fc"], "statistics": ["saturation", "nonfinite-batches"], "mode_statistics": []}
+    (tmp_path / "old.run.json").write_text(json.dumps(old))
+    loaded = read_record(tmp_path / "old")
+    assert loaded == RunRecord(("fc",), ("saturation", "nonfinite-batches"), ())
+    assert loaded.widths == {} and loaded.label("fc") == "fc"
+    (tmp_path / "bad.run.json").write_text(json.dumps({**old, "widths": {"fc": "wide"}}))
+    with pytest.raises(ValueError, match="is not a delve run record"):
+        read_record(tmp_path / "bad")
+
+
+def test_the_tracker_records_each_layer_s_width_and_module(tmp_path):
+    import json
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    savefile = str(tmp_path / "run")
+    with SaturationTracker(savefile, modules=model) as tracker:
+        assert tracker.run_record.widths == {}  # known from the first forward pass
+        model(torch.randn(4, 3, 6, 6))
+        tracker.add_saturations()
+        assert tracker.run_record.widths == {"0": 8, "2": 5}
+    content = json.loads((tmp_path / "run.run.json").read_text())
+    assert content["widths"] == {"0": 8, "2": 5}
+    assert content["descriptions"] == {"0": "Conv2d 3->8", "2": "Linear 128->5"}

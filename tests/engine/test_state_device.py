@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+import delve.engine.precision as precision_module
 from delve import SaturationTracker
 
 GENERATOR_STATE = torch.uint8  # generator states are CPU byte tensors wherever the generator lives
@@ -48,10 +49,11 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
 
 
-def test_every_state_tensor_lives_on_the_configured_device() -> None:
+def test_every_state_tensor_lives_on_the_configured_device(monkeypatch) -> None:
+    monkeypatch.setattr(precision_module, "_announced", set())  # the choice is announced once per process
     net = model()
     tracker = SaturationTracker("run", modules=net, nosave=True, stats=["lsat", "dorm"], device="meta")
-    with torch.no_grad():
+    with torch.no_grad(), pytest.warns(UserWarning, match="float32 products on meta"):
         net(torch.randn(32, 6))
         net.eval()
         net(torch.randn(8, 6))
@@ -61,7 +63,8 @@ def test_every_state_tensor_lives_on_the_configured_device() -> None:
     tracker.close()
 
 
-def test_a_restored_state_lives_on_the_configured_device() -> None:
+def test_a_restored_state_lives_on_the_configured_device(monkeypatch) -> None:
+    monkeypatch.setattr(precision_module, "_announced", set())  # the choice is announced once per process
     net = model()
     source = SaturationTracker("run", modules=net, nosave=True, stats=["lsat", "dorm"])
     with torch.no_grad():
@@ -69,7 +72,8 @@ def test_a_restored_state_lives_on_the_configured_device() -> None:
     state = source.state_dict()
     source.close()
     target = SaturationTracker("run", modules=model(), nosave=True, stats=["lsat", "dorm"], device="meta")
-    target.load_state_dict(state)
+    with pytest.warns(UserWarning, match="float32 products on meta"):
+        target.load_state_dict(state)
     found = dict(state_tensors(target))
     assert found
     assert {path: str(t.device) for path, t in found.items() if t.device.type != "meta"} == {}

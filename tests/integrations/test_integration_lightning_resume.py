@@ -24,6 +24,13 @@ from lightning_helpers import LAYERS, STATS, loader, make_data, metrics_rows, ne
 from delve import SaturationTracker  # noqa: E402
 from delve.integrations.lightning import SaturationCallback  # noqa: E402
 
+# Lightning's advice about its own checkpoints: these tests resume into another checkpoint folder, with
+# checkpoint callbacks other than those that wrote the checkpoint, on purpose.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The dirpath has changed from:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`, callbacks used to create:UserWarning"),
+]
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

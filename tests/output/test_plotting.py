@@ -98,13 +98,23 @@ def test_plot_results_writes_profiles_and_heatmaps(tmp_path):
     assert names == expected == sorted(p.name for p in tmp_path.iterdir())
     for path in written:
         assert_png_drawn(path)
-    # Only the last epoch by default, or the epochs asked for.
-    assert [p.name for p in plot_results(results, tmp_path / "last", heatmap_stats=())] == [
+    # By default the last epoch, under the names the plot writer keeps current; or one file per epoch asked for.
+    assert [p.name for p in plot_results(results, tmp_path / "current", heatmap_stats=())] == [
+        "saturation_train_profile.png",
+        "saturation_eval_profile.png",
+        "intrinsic-dimensionality_train_profile.png",
+    ]
+    assert [p.name for p in plot_results(results, tmp_path / "last", epochs="last", heatmap_stats=())] == [
         "saturation_train_epoch_00001.png",
         "saturation_eval_epoch_00001.png",
         "intrinsic-dimensionality_train_epoch_00001.png",
     ]
-    with pytest.raises(ValueError, match="'last', 'all'"):
+    # Heatmaps are asked for by key or by logged name.
+    assert [p.name for p in plot_results(results, tmp_path / "key", epochs=[], heatmap_stats=["lsat"])] == [
+        "saturation_train_heatmap.png",
+        "saturation_eval_heatmap.png",
+    ]
+    with pytest.raises(ValueError, match="'current', 'last', 'all'"):
         plot_results(results, tmp_path, epochs="first")
 
 
@@ -120,7 +130,7 @@ def test_plot_writer_draws_each_epoch_and_the_heatmap_grows(tmp_path):
         tracker.add_scalar("test_accuracy", 0.25 * epoch)
         tracker.add_saturations()
         writer.finish_drawing()  # figures are drawn while training goes on; wait for them here
-        assert_png_drawn(plots / f"saturation_train_epoch_{epoch:05d}.png")
+        assert_png_drawn(plots / "saturation_train_profile.png")
         heatmap_widths.append(assert_png_drawn(plots / "saturation_train_heatmap.png").shape[1])
     tracker.close()
     assert heatmap_widths[0] <= heatmap_widths[1] <= heatmap_widths[2]
@@ -132,12 +142,8 @@ def test_plot_writer_draws_each_epoch_and_the_heatmap_grows(tmp_path):
         "train-saturation_head_classifier_projection",
     ]
     np.testing.assert_allclose(frame["test_accuracy"], [0.0, 0.25, 0.5])
-    assert sorted(p.name for p in plots.iterdir()) == [
-        "saturation_train_epoch_00000.png",
-        "saturation_train_epoch_00001.png",
-        "saturation_train_epoch_00002.png",
-        "saturation_train_heatmap.png",
-    ]
+    # One profile, redrawn every epoch, and the heatmap: no file per epoch.
+    assert sorted(p.name for p in plots.iterdir()) == ["saturation_train_heatmap.png", "saturation_train_profile.png"]
 
 
 def test_plot_writer_profiles_follow_forward_order(tmp_path):
@@ -168,8 +174,12 @@ def test_figures_are_freed_and_never_registered_with_pyplot(tmp_path):
             writer.add_scalar(f"train-saturation_layer{layer}", (layer + epoch) / 8, epoch)
         writer.save()
     writer.finish_drawing()
-    # Eight figures were drawn; none is kept alive, so long runs do not grow memory.
-    assert len(list((tmp_path / "run" / "plots").iterdir())) == 5
+    # Eight figures were drawn (a profile and a heatmap per epoch); none is kept alive, so long runs do not
+    # grow memory.
+    assert sorted(p.name for p in (tmp_path / "run" / "plots").iterdir()) == [
+        "saturation_train_heatmap.png",
+        "saturation_train_profile.png",
+    ]
     assert live_figures() == before
     assert set(plt.get_fignums()) == before_pyplot
 
@@ -225,8 +235,8 @@ def test_figures_are_drawn_while_training_goes_on(tmp_path, monkeypatch):
     release.set()
     writer.close()
     assert sorted(p.name for p in (tmp_path / "run" / "plots").iterdir()) == [
-        "saturation_train_epoch_00000.png",
         "saturation_train_heatmap.png",
+        "saturation_train_profile.png",
     ]
 
 

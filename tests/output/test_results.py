@@ -152,7 +152,8 @@ def test_reconstruct_csv_from_npy_data(npy_run, tmp_path, ref):
     original = pd.read_csv(savefile + ".csv", sep=";", index_col=0, **EXACT_FLOATS)
     rebuilt = reconstruct_csv_from_npy_data(savefile + "/npy", savefile=tmp_path / "rebuilt")
     written = pd.read_csv(tmp_path / "rebuilt.csv", sep=";", index_col=0, **EXACT_FLOATS)
-    pd.testing.assert_frame_equal(written, original[written.columns], check_names=False)
+    # The tracker's CSV writes counts (intrinsic dimensionality) as integers; the rebuilt one as floats.
+    pd.testing.assert_frame_equal(written, original[written.columns], check_names=False, check_dtype=False)
     assert set(written.columns) == set(original.columns)
     assert list(rebuilt.index) == [0, 1]
     # With a threshold, saturation columns are recomputed; the rest is kept.
@@ -183,11 +184,16 @@ def test_summary_table_and_text(npy_run):
     assert list(table.columns)[:2] == ["train saturation", "train intrinsic-dimensionality"]
     last = results[(results.epoch == 1) & (results.layer == "2") & (results["mode"] == "eval")]
     assert table.loc["2", "eval saturation"] == last[last.stat == "saturation"]["value"].item()
-    text = format_summary(results, stats=["saturation"])
-    lines = text.splitlines()
-    assert lines[0] == "epoch 1"
-    assert lines[1].split() == ["layer", "train", "lsat", "eval", "lsat"]
-    assert "test_accuracy = 0.75" in lines[-1] and "train-average-saturation = " in lines[-1]
+    # One vocabulary: a statistic is selected by key or logged name, and headed by the word given.
+    for word in ("saturation", "lsat"):
+        lines = format_summary(results, stats=[word]).splitlines()
+        assert lines[0] == "epoch 1"
+        assert lines[1].split() == ["layer", "train", word, "eval", word]
+        assert [line.split()[0] for line in lines[2:4]] == ["0", "2"]
+        assert float(lines[3].split()[1]) == pytest.approx(table.loc["2", "train saturation"], abs=5e-5)
+        assert "test_accuracy = 0.75" in lines[-1] and "train-average-saturation = " in lines[-1]
+    assert summary_table(results, stats=["lsat"]).equals(summary_table(results, stats=["saturation"]))
+    assert format_summary(results).splitlines()[1].split()[:3] == ["layer", "train", "lsat"]  # keys by default
     assert format_summary(results, epoch=0).splitlines()[0] == "epoch 0"
 
 

@@ -136,3 +136,16 @@ def test_user_statistic_with_accumulator_through_the_tracker(clean_statistics):
             assert values["train-first-mean_0"] == pytest.approx(rows[:, 0].mean(), rel=1e-10)
             captured.clear()
     assert "m0" in stats_module.STATISTICS
+
+
+def test_the_tracker_takes_a_statistic_by_key_or_by_logged_name():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    batch = torch.randn(50, 4)
+    logged = []
+    for stats in (["lsat", "idim"], ["saturation", "intrinsic-dimensionality"]):
+        with SaturationTracker("run", modules=model, stats=stats, nosave=True) as tracker:
+            assert tracker.stats == ["lsat", "idim"]
+            model(batch)
+            logged.append(tracker.add_saturations())
+    assert logged[0] == logged[1] and set(logged[0]) == {"train-saturation_0", "train-intrinsic-dimensionality_0"}

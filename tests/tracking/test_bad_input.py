@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -203,7 +204,8 @@ def test_stopped_for_a_whole_epoch_logs_nothing(tmp_path) -> None:
     tracker = SaturationTracker(str(tmp_path / "run"), modules=model, nosave=True)
     tracker.stop()
     model(torch.randn(10, 4, dtype=torch.float64))
-    assert tracker.add_saturations() == {}
+    with pytest.warns(RuntimeWarning, match=r"found no recorded forward pass .* in epoch 0.*tracker.resume\(\)"):
+        assert tracker.add_saturations() == {}
     tracker.close()
 
 
@@ -215,8 +217,11 @@ def test_add_saturations_twice_in_a_row(tmp_path) -> None:
     model(torch.randn(10, 4, dtype=torch.float64))
     first = tracker.add_saturations()
     assert first
-    assert tracker.add_saturations() == {}
-    assert tracker.add_saturations() == {}
+    with pytest.warns(RuntimeWarning, match="found no recorded forward pass of any tracked layer in epoch 1"):
+        assert tracker.add_saturations() == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tracker.add_saturations() == {}  # said once per tracker
     tracker.add_scalar("loss", 0.5)
     model(torch.randn(10, 4, dtype=torch.float64))
     third = tracker.add_saturations()
@@ -238,7 +243,8 @@ def test_add_saturations_twice_without_reset_repeats_the_running_values(tmp_path
 
 def test_no_data_at_all_writes_nothing_bogus(tmp_path) -> None:
     tracker = SaturationTracker(str(tmp_path / "run"), modules=TwoBranches(), average_sat=True)
-    assert tracker.add_saturations() == {}
+    with pytest.warns(RuntimeWarning, match=r"delve \(.*run\): add_saturations\(\) found no recorded forward pass"):
+        assert tracker.add_saturations() == {}
     tracker.close()
     if (tmp_path / "run.csv").exists():
         import pandas as pd

@@ -17,6 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from delve import SaturationTracker
+from delve.output.formats.record import read_record
+from delve.output.plotting import plot_results
+from delve.output.results import load_results
 
 SAVE_TO = ["csv", "npy", "tensorboard", "plot"]
 STATS = ["lsat", "cov"]
@@ -105,25 +108,30 @@ def test_tensorboard_steps_continue_in_one_run_folder(runs):
     assert resumed["histograms"]["03-covariance-eigenvalues-by-layer/train/2"] == [0, 1, 2, 3]
 
 
-def test_plots_continue(runs):
+def test_plots_continue(runs, tmp_path):
     plots = runs / "resumed" / "plots"
     assert sorted(p.name for p in plots.iterdir()) == sorted(p.name for p in (runs / "straight" / "plots").iterdir())
-    assert (plots / "saturation_train_epoch_00003.png").is_file()
-    # The heatmap covers all four epochs, as the uninterrupted run's does.
-    resumed = mpimg.imread(plots / "saturation_train_heatmap.png")
-    straight = mpimg.imread(runs / "straight" / "plots" / "saturation_train_heatmap.png")
-    assert resumed.shape == straight.shape
-    np.testing.assert_array_equal(resumed, straight)
+    # The heatmap covers all four epochs and the profile shows the last: the figures of the uninterrupted
+    # run's values, drawn under the resumed run's name (titles start with it).
+    straight = runs / "straight"
+    plot_results(load_results(straight), tmp_path, run="resumed", record=read_record(straight))
+    for name in ("saturation_train_heatmap.png", "saturation_train_profile.png"):
+        resumed, expected = mpimg.imread(plots / name), mpimg.imread(tmp_path / name)
+        assert resumed.shape == expected.shape
+        np.testing.assert_array_equal(resumed, expected)
 
 
 def test_resume_drops_stale_epochs_the_first_session_wrote(tmp_path):
     model = _model()
-    first = SaturationTracker(str(tmp_path / "run"), save_to=["csv", "npy", "plot"], modules=model)
+    save_to, per_epoch = ["csv", "npy", "plot"], {"epoch_profiles": True}
+    first = SaturationTracker(str(tmp_path / "run"), save_to=save_to, modules=model, writer_args=per_epoch)
     _train(first, model, _inputs(4), 0)
     first.close()
     # Restart from epoch 1 and stop after one epoch: epochs 2 and 3 of the first session are gone.
     model = _model()
-    second = SaturationTracker(str(tmp_path / "run"), save_to=["csv", "npy", "plot"], modules=model, initial_epoch=1)
+    second = SaturationTracker(
+        str(tmp_path / "run"), save_to=save_to, modules=model, writer_args=per_epoch, initial_epoch=1
+    )
     _train(second, model, _inputs(1), 1)
     second.close()
     assert list(pd.read_csv(tmp_path / "run.csv", sep=";", index_col=0).index) == [0, 1]

@@ -181,3 +181,38 @@ def test_savefile_with_csv_suffix_is_not_doubled(tmp_path):
     writer.add_scalar("a", 1.0, epoch=0)
     writer.save()
     assert [p.name for p in tmp_path.iterdir()] == ["run.csv"]
+
+
+def test_counts_are_written_as_integers_and_stay_integers_when_resumed(tmp_path):
+    import csv
+
+    # Layer 2 only runs from epoch 1: its columns have an empty first cell.
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    savefile = str(tmp_path / "run")
+    logged = []
+    with SaturationTracker(savefile, modules=model, stats=["lsat", "idim"], max_overhead=1.0) as tracker:
+        model[0](torch.randn(2000, 6))
+        tracker.add_scalar("loss", 1.0)
+        logged.append(tracker.add_saturations())
+        model(torch.randn(2000, 6))
+        logged.append(tracker.add_saturations())
+    with open(savefile + ".csv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter=";"))
+    counts = ["train-intrinsic-dimensionality_0", "train-rows_0", "train-intrinsic-dimensionality_2", "train-rows_2"]
+    for epoch, row in enumerate(rows):
+        for name in counts:
+            expected = logged[epoch].get(name)
+            assert row[name] == ("" if expected is None else str(expected)), (epoch, name)
+    assert rows[0]["train-rows_2"] == "" and rows[1]["train-rows_2"].isdigit()
+    assert "." in rows[0]["train-saturation_0"] and rows[0]["loss"] == "1.0"  # floats stay floats
+    frame = read(savefile + ".csv")
+    assert frame["train-rows_0"].dtype == np.int64 and frame["train-intrinsic-dimensionality_0"].dtype == np.int64
+    assert frame["train-saturation_0"].dtype == np.float64
+    # Resumed, the earlier rows are written back as they were, integers included.
+    before = (tmp_path / "run.csv").read_text().splitlines()
+    with SaturationTracker(savefile, modules=model, stats=["lsat", "idim"], max_overhead=1.0, initial_epoch=2) as again:
+        model(torch.randn(2000, 6))
+        third = again.add_saturations()
+    after = (tmp_path / "run.csv").read_text().splitlines()
+    assert after[:3] == before
+    assert dict(zip(after[0].split(";"), after[3].split(";")))["train-rows_2"] == str(third["train-rows_2"])

@@ -82,7 +82,7 @@ def test_tensorboard_keeps_user_names(run) -> None:
 def test_plots_draw_no_user_scalar_as_a_layer_profile(run) -> None:
     savefile, _ = run
     plots = {path.name for path in (savefile / "plots").iterdir()}
-    assert "saturation_train_epoch_00001.png" in plots
+    assert "saturation_train_profile.png" in plots
     assert not any(name.startswith(("acc_", "average-loss")) for name in plots), plots
 
 

@@ -314,8 +314,10 @@ def test_print_writer_prints_a_table_per_epoch_through_tqdm(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "epoch 0"
     assert out[1].split() == ["layer", "train", "lsat", "train", "idim", "eval", "lsat", "eval", "idim"]
-    rows = {line.split()[0]: line.split()[1:] for line in out[2:4]}
-    assert set(rows) == {"0", "2"}
+    # Layers named with their class and shape, as _model() defines them; then the four values.
+    rows = {line.rsplit(None, 4)[0]: line.split()[-4:] for line in out[2:4]}
+    assert set(rows) == {"0 (Linear 6->5)", "2 (Linear 5->3)"}
+    rows = {label.split()[0]: values for label, values in rows.items()}
     assert float(rows["0"][0]) == pytest.approx(values["train-saturation_0"], abs=5e-4)
     assert int(rows["2"][1]) == values["train-intrinsic-dimensionality_2"]
     assert out[4] == "test_accuracy = 0.75"

@@ -211,20 +211,27 @@ def test_profile_and_heatmap_images_each_epoch(run):
 def test_image_titles_name_the_run_and_heatmaps_use_fixed_scales(tmp_path, monkeypatch):
     import delve.writers.tensorboard as module
 
-    seen = []
+    seen, labels = [], []
     render = module.figure_to_rgb
 
     def spy(figure):
         axes = figure.axes[0]
         seen.append((axes.get_title(), axes.images[0].get_clim() if axes.images else None))
+        ticks = [tick.get_text() for tick in axes.get_yticklabels()]
+        labels.append((ticks, [text.get_text().strip() for text in axes.texts]))
         return render(figure)
 
     monkeypatch.setattr(module, "figure_to_rgb", spy)
     model = _model()
     tracker = SaturationTracker(str(tmp_path / "lean-net"), save_to="tb", modules=model, stats=["lsat", "idim"])
     model(torch.randn(30, 6))
-    tracker.add_saturations()
+    values = tracker.add_saturations()
     tracker.close()
+    # Layers with their class and shape (as _model() defines them), saturation bars with k/d.
+    ticks, texts = labels[[title for title, _ in seen].index("lean-net: saturation (train), epoch 0")]
+    assert ticks == ["0 (Linear 6->5)", "2 (Linear 5->3)"]
+    k = [values[f"train-intrinsic-dimensionality_{layer}"] for layer in ("0", "2")]
+    assert [text.split(" (")[1] for text in texts] == [f"{k[0]}/5)", f"{k[1]}/3)"]
     assert sorted(title for title, _ in seen) == [
         "lean-net: intrinsic-dimensionality (train) per layer and epoch",
         "lean-net: saturation (train) per layer and epoch",

@@ -1,8 +1,14 @@
-"""The CSV format: ``;``-separated, index ``epoch``, one column per logged value."""
+"""The CSV format: ``;``-separated, index ``epoch``, one column per logged value.
+
+Counts (rows, rejected batches, intrinsic dimensionality) are written as
+integers (``44``, not ``44.0``); :func:`read_csv` reads every column as float,
+:func:`integer_columns` says which ones hold integers.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -10,7 +16,7 @@ import pandas as pd
 from ...common.files import atomic_write
 from ..layout import csv_path
 
-__all__ = ["EXACT_FLOATS", "SEPARATOR", "read_csv", "write_csv"]
+__all__ = ["EXACT_FLOATS", "SEPARATOR", "read_csv", "write_csv", "integer_columns"]
 
 SEPARATOR = ";"
 
@@ -27,9 +33,10 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> path = os.path.join(tempfile.mkdtemp(), "run.csv")
     >>> write_csv(pd.DataFrame({"loss": [0.5]}, index=pd.Index([0], name="epoch")), path)
-    >>> open(path).read().splitlines()
+    >>> Path(path).read_text().splitlines()
     ['epoch;loss', '0;0.5']
     """
     atomic_write(path, lambda handle: frame.to_csv(handle, sep=SEPARATOR))
@@ -48,8 +55,9 @@ def read_csv(savefile: str | os.PathLike) -> pd.DataFrame:
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> path = os.path.join(tempfile.mkdtemp(), "run")
-    >>> _ = open(path + ".csv", "w").write("epoch;train-saturation_fc\\n0;0.5\\n")
+    >>> _ = Path(path + ".csv").write_text("epoch;train-saturation_fc\\n0;0.5\\n")
     >>> read_csv(path)
            train-saturation_fc
     epoch
@@ -73,6 +81,29 @@ def read_csv(savefile: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path} is not a delve CSV: the first column must hold integer epochs")
     frame.index = pd.Index(np.asarray(epochs, dtype="int64"), name="epoch")
     return frame.astype("float64")
+
+
+_INTEGER = re.compile(r"^-?\d+$")
+
+
+def integer_columns(savefile: str | os.PathLike) -> list[str]:
+    """The columns of a run's CSV whose every filled cell is written as an integer.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> path = os.path.join(tempfile.mkdtemp(), "run")
+    >>> _ = Path(path + ".csv").write_text("epoch;train-rows_fc;train-saturation_fc\\n0;44;0.5\\n1;;1.0\\n")
+    >>> integer_columns(path)
+    ['train-rows_fc']
+    """
+    text = pd.read_csv(csv_path(savefile), sep=SEPARATOR, index_col=0, dtype=str, keep_default_na=False)
+    return [
+        str(column)
+        for column in text.columns
+        if any(text[column]) and all(_INTEGER.match(cell) for cell in text[column] if cell)
+    ]
 
 
 def first_line(error: BaseException) -> str:

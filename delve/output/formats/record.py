@@ -1,12 +1,14 @@
-"""The run record, ``<savefile>.run.json``: which names are the tracker's per-layer values.
+"""The run record, ``<savefile>.run.json``: which names are the tracker's per-layer values, and what each layer is.
 
 Content::
 
-    {"format": 1, "layers": ["conv1", "fc"], "statistics": ["saturation"],
-     "mode_statistics": ["average-saturation"]}
+    {"format": 2, "layers": ["conv1", "fc"], "statistics": ["saturation"],
+     "mode_statistics": ["average-saturation"], "widths": {"conv1": 8, "fc": 10},
+     "descriptions": {"conv1": "Conv2d 1->8", "fc": "Linear 32->10"}}
 
-A run without the file (delve 0.1.x, or files written by hand) is read by the
-value-name grammar alone.
+Format 1 (delve 0.2.0) has no ``widths`` or ``descriptions`` and is read as
+well. A run without the file (delve 0.1.x, or files written by hand) is read
+by the value-name grammar alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..layout import record_path
 
 __all__ = ["FORMAT_VERSION", "write_record", "read_record"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def write_record(savefile: str | os.PathLike, record: RunRecord) -> None:

@@ -165,7 +165,7 @@ def floor_variants(shapes: list[tuple[int, int]], device: torch.device | None = 
 def accumulator_bytes(tracker: SaturationTracker) -> list[tuple[str, str, int, int]]:
     """``(layer, mode, bytes held, d)`` for every accumulator of a tracker (its tensors, and a pending block)."""
     out = []
-    for name, recorder in tracker._recorders.items():
+    for name, recorder in tracker._recording.recorders.items():
         for mode, state in recorder.modes.items():
             cov = state.covariance
             parts = (cov, cov.moments, getattr(cov, "_pending", None))

@@ -81,25 +81,17 @@ class Notices:
     def sparse(
         self, logged: Sequence[LoggedValue], features: Mapping[str, int], costs: CostModel, stacklevel: int = 4
     ) -> None:
-        """Warn once per layer and mode whose rows in an epoch fall short: of :data:`ROWS_PER_FEATURE` per feature
-        under a budget (it could keep more), of one per feature otherwise (its spectrum statistics are missing).
+        """Under a budget, warn once per layer and mode whose rows in an epoch fall short of
+        :data:`ROWS_PER_FEATURE` per feature (a larger ``max_overhead`` would keep more). Without a budget
+        the rows are what the data gave: values from fewer rows than features are logged as missing, with
+        the rows beside them, and nothing more is said.
         """
-        budgeted = costs.max_overhead is not None
+        if costs.max_overhead is None:
+            return
         for value in logged:
             d = features.get(value.layer or "", 0)
             key = (value.layer, value.mode)
-            floor = ROWS_PER_FEATURE * d if budgeted else d
-            if value.statistic != ROWS or not d or value.value >= floor or key in self._sparse:
-                continue
-            if not budgeted:
-                self._sparse.add(key)
-                warnings.warn(
-                    f"{self.prefix}layer {value.layer!r} ({value.mode}) merged {value.value} rows for {d} features in "
-                    "this epoch: fewer rows than features span fewer directions than it has, so its spectrum "
-                    "statistics are logged as missing (NaN)",
-                    RuntimeWarning,
-                    stacklevel=stacklevel,
-                )
+            if value.statistic != ROWS or not d or value.value >= ROWS_PER_FEATURE * d or key in self._sparse:
                 continue
             self._sparse.add(key)
             needed = costs.overhead_for(value.layer or "", ROWS_PER_FEATURE * d / max(value.value, 1))

@@ -14,7 +14,6 @@ a :class:`ValueError` naming the accepted values before any hook exists.
 from __future__ import annotations
 
 import inspect
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -23,8 +22,6 @@ from typing import Any
 import torch
 
 from .._compat.spellings import split_positional_writer_args
-from ..budget.cost_model import CostModel
-from ..budget.row_sampler import RowSampler
 from ..capture.observation import CONV_METHODS, TIMESERIES_METHODS, ObservationConfig
 from ..common import ranks
 from ..common.validation import (
@@ -36,12 +33,8 @@ from ..common.validation import (
     check_optional_int,
     check_positive,
 )
-from ..engine.layer_state import StateSpec
 from ..engine.precision import PRECISIONS
-from ..engine.probe import ProbeMoments
-from ..engine.recorder import RecordingSettings
-from ..engine.targets import TargetSlot
-from ..statistics.registry import STATISTICS, resolve_stats
+from ..statistics.registry import resolve_stats
 from ..writers.registry import check_save_to
 from .options import bind, build, option, parameters_section, signature_of
 
@@ -341,49 +334,3 @@ class TrackerConfig:
             # Independent of the user's stream, and saved with the tracker's state.
             generator=torch.Generator().manual_seed(0) if self.max_positions is not None else None,
         )
-
-    @property
-    def product_precision(self) -> str:
-        """The precision the layers' products are asked for: ``"auto"`` under a budget is float32.
-
-        Examples
-        --------
-        >>> TrackerConfig.from_arguments("run", max_overhead=0.05).product_precision
-        'float32'
-        >>> TrackerConfig.from_arguments("run").product_precision
-        'auto'
-        """
-        if self.max_overhead is not None and self.precision == "auto":
-            return "float32"
-        return self.precision
-
-    def recording_settings(self) -> RecordingSettings:
-        """What every layer's recorder needs to know (a new cost model and row sampler each call)."""
-        rank = ranks.get_rank(self.process_group)
-        states = StateSpec(
-            accumulators=tuple(
-                (key, STATISTICS[key].accumulator)  # type: ignore[misc]
-                for key in self.stats
-                if STATISTICS[key].accumulator is not None
-            ),
-            seed=rank,
-            device=self.device,
-            precision=self.product_precision,
-            sample_size=self.embed_size,
-        )
-        budgeted = self.max_overhead is not None
-        probes = any(STATISTICS[key].accumulator is ProbeMoments for key in self.stats)
-        return RecordingSettings(
-            observation=self.observation,
-            states=states,
-            log_interval=self.log_interval,
-            max_samples=self.max_samples,
-            costs=CostModel(self.max_overhead),
-            sampler=RowSampler(seed=zlib.crc32(f"rows/{rank}".encode())) if budgeted else None,
-            targets=TargetSlot() if probes else None,
-        )
-
-    @property
-    def statistic_options(self) -> dict[str, Any]:
-        """The settings statistics read (:attr:`~delve.statistics.registry.LayerSummary.options`)."""
-        return {"probe_ridge": self.probe_ridge}

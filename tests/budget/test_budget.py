@@ -67,7 +67,7 @@ def test_costly_tracking_is_named_once_with_the_tracker_the_formula_and_the_reme
     # and a pass of 24 per feature; training runs at 5e10 multiply-adds per second (layer_cost's figure).
     d = 1024
     seconds = 32 * (d * (d + 1) // 2 * 5 + d * 24) / 5e10
-    assert tracker._settings.costs.seconds({"0": 32}) == pytest.approx(seconds)
+    assert tracker._recording.settings.costs.seconds({"0": 32}) == pytest.approx(seconds)
     # The estimate (about 2 ms) is under the threshold: however large the share, nothing is said...
     assert tracker.cost().set_index("layer").loc["0", "overhead"] > 0.25
     monkeypatch.setattr(cost_model, "EXPENSIVE_SECONDS", seconds * 1.5)
@@ -104,9 +104,9 @@ def test_a_small_experiment_is_not_warned_about_however_large_its_share() -> Non
                 tracker.add_saturations()
             table = tracker.cost()
     assert (table["overhead"] > 0.5).all()  # tracking costs more than half of training these layers...
-    assert tracker._settings.costs.expensive()[0] > cost_model.EXPENSIVE_SHARE
+    assert tracker._recording.settings.costs.expensive()[0] > cost_model.EXPENSIVE_SHARE
     # ... but 500 batches of it are estimated at well under a millisecond.
-    assert tracker._settings.costs.seconds({"0": 16_000, "2": 16_000}) < 1e-3 < cost_model.EXPENSIVE_SECONDS
+    assert tracker._recording.settings.costs.seconds({"0": 16_000, "2": 16_000}) < 1e-3 < cost_model.EXPENSIVE_SECONDS
 
 
 def test_cost_table_prints_percentages_and_fits_a_terminal() -> None:
@@ -205,7 +205,7 @@ def test_rows_picked_out_of_a_strided_view_are_charged_and_kept_whole_when_that_
     with SaturationTracker("g", modules=conv, nosave=True, max_overhead=0.05) as tracker:
         with torch.no_grad():
             conv(torch.randn(8, 16, 16, 16))
-        costs = tracker._settings.costs.costs
+        costs = tracker._recording.settings.costs.costs
     (cost,) = costs
     # The (N, H*W, C) rows are strided: each kept row pays its gather on top of product and passes.
     assert cost.gather_weight == relative_cost("cpu", torch.float32, torch.float32).gather > 0
@@ -242,7 +242,7 @@ def test_a_layer_with_a_small_share_draws_more_rows_from_fewer_batches_first_bat
             with torch.no_grad():
                 for _ in range(batches):
                     layer(torch.randn(2048, 4, generator=generator))
-            costs = tracker._settings.costs
+            costs = tracker._recording.settings.costs
             share, period = costs.rows_to_keep("linear", 2048), costs.period("linear")
             rows = tracker.add_saturations()["train-rows_linear"]
             assert share < ROWS_PER_DRAW / 2 and period == min(math.ceil(ROWS_PER_DRAW / share), MAX_BATCHES_PER_DRAW)
@@ -278,12 +278,12 @@ def _budget_run(seed: int, batches: list[torch.Tensor], max_overhead: float) -> 
         layer.weight.copy_(torch.randn(48, 12, dtype=torch.float64))
         layer.bias.zero_()
     tracker = SaturationTracker("b", modules={"linear": layer}, nosave=True, stats=["cov"], max_overhead=max_overhead)
-    tracker._settings.sampler.seed = seed
-    tracker._settings.sampler.load_state_dict({})  # reseeded: rows and batches drawn from seed
+    tracker._recording.settings.sampler.seed = seed
+    tracker._recording.settings.sampler.load_state_dict({})  # reseeded: rows and batches drawn from seed
     with torch.no_grad():
         for batch in batches:
             layer(batch)
-    period = tracker._settings.costs.period("linear")
+    period = tracker._recording.settings.costs.period("linear")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         values = tracker.add_saturations()
@@ -338,13 +338,13 @@ def test_restoring_mid_epoch_under_a_budget_continues_exactly() -> None:
         for batch in batches[:12]:
             first_layer(batch)
         state = first.state_dict()  # saving merges the rows held back
-        rows_before = first._recorders["linear"].modes["train"].covariance.count
+        rows_before = first._recording.recorders["linear"].modes["train"].covariance.count
         second.load_state_dict(state)
         for batch in batches[12:]:
             first_layer(batch)
             second_layer(batch)
     # The layer draws from some batches (period > 1), on both sides of the checkpoint.
-    assert first._settings.costs.period("linear") > 1
+    assert first._recording.settings.costs.period("linear") > 1
     expected, actual = first.add_saturations(), second.add_saturations()
     assert 0 < rows_before < expected["train-rows_linear"]
     assert list(actual) == list(expected)
@@ -389,7 +389,7 @@ def _rank(rank: int, folder: str) -> None:
         with torch.no_grad():
             for _ in range(5):
                 layer(torch.randn(250, 10, generator=generator, dtype=torch.float64) + rank)
-        kept = torch.cat(tracker._recorders["linear"].modes["train"].accumulators["keep"].rows)
+        kept = torch.cat(tracker._recording.recorders["linear"].modes["train"].accumulators["keep"].rows)
         values = tracker.add_saturations()
         result = {"kept": kept.tolist(), "cov": values["train-covariance-matrix_linear"].tolist()}
         result["rows"] = values["train-rows_linear"]
@@ -448,7 +448,7 @@ def test_auto_precision_under_a_budget_multiplies_in_float32_and_an_explicit_cho
         tracker = SaturationTracker("p", modules=model, nosave=True, max_overhead=0.05, precision=precision)
         with torch.no_grad():
             model(torch.randn(64, 8))
-        assert tracker._recorders["0"].modes["train"].covariance.precision == expected
+        assert tracker._recording.recorders["0"].modes["train"].covariance.precision == expected
         tracker.close()
 
 
@@ -470,7 +470,7 @@ def _digits_mlp_run(max_overhead: float | None) -> dict:
     model.eval()
     with torch.no_grad():
         model(x[-397:])
-    kept = {layer: tracker._settings.costs.rows_to_keep(layer, 64) for layer in ("0", "2", "4")}
+    kept = {layer: tracker._recording.settings.costs.rows_to_keep(layer, 64) for layer in ("0", "2", "4")}
     values = tracker.add_saturations()
     tracker.close()
     return {"values": values, "kept": kept}
@@ -498,8 +498,7 @@ def test_fewer_rows_than_features_are_missing_values_with_the_rows_beside_them()
     with SaturationTracker("f", modules=layer, nosave=True, stats=["lsat", "idim", "trc"]) as tracker:
         with torch.no_grad():
             layer(torch.randn(20, 4))  # 20 rows for 32 features
-        with pytest.warns(RuntimeWarning, match="fewer rows than features"):
-            values = tracker.add_saturations()
+        values = tracker.add_saturations()
     assert math.isnan(values["train-saturation_linear"]) and math.isnan(values["train-intrinsic-dimensionality_linear"])
     assert values["train-rows_linear"] == 20
     assert values["train-covariance-trace_linear"] > 0  # a trace needs no more rows than it has

@@ -90,8 +90,8 @@ def test_compiled_after_attaching_feeds_the_same_statistics(backend) -> None:
     compiled = torch.compile(net, backend=backend)
     train(compiled, data)
     for name in ("conv", "fc", "head"):
-        assert tracker._recorders[name].modes["train"].forward_calls == len(data)
-        assert tracker._recorders[name].modes["eval"].forward_calls == 1
+        assert tracker._recording.recorders[name].modes["train"].forward_calls == len(data)
+        assert tracker._recording.recorders[name].modes["eval"].forward_calls == 1
     values = tracker.add_saturations()
     tracker.close()
     assert_values_close(values, eager_values(data), rtol=1e-5)
@@ -199,5 +199,5 @@ def test_forward_inside_a_backward_hook_is_not_recorded() -> None:
     y.register_hook(grad_hook)
     y.sum().backward()
     assert len(calls) == 1
-    assert tracker._recorders["linear"].modes["train"].covariance.count == 4
+    assert tracker._recording.recorders["linear"].modes["train"].covariance.count == 4
     tracker.close()

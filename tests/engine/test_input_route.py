@@ -197,7 +197,7 @@ def test_an_output_replaced_by_an_earlier_hook_is_caught_once_and_falls_back() -
         with torch.no_grad():
             layer(torch.randn(512, 8, dtype=torch.float64))
     assert routes(tracker) == {"linear": "output"}
-    assert tracker._settings.costs.route_note("linear").startswith("its output is not the affine map")
+    assert tracker._recording.settings.costs.route_note("linear").startswith("its output is not the affine map")
     values = tracker.add_saturations()
     tracker.close()
     handle.remove()

@@ -99,5 +99,5 @@ def test_autocast_state_is_unchanged_by_the_hook() -> None:
         out = layer(torch.randn(8, 4))
         assert autocast_enabled("cpu")
         assert layer(out.float()).dtype == torch.bfloat16  # autocast still on after the hook ran
-    assert tracker._recorders["linear"].modes["train"].covariance.count == 16
+    assert tracker._recording.recorders["linear"].modes["train"].covariance.count == 16
     tracker.close()

@@ -24,7 +24,7 @@ GENERATOR_STATE = torch.uint8  # generator states are CPU byte tensors wherever 
 
 def state_tensors(tracker: SaturationTracker) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor a tracker holds as live state (not copies), with a path for messages."""
-    for name, recorder in tracker._recorders.items():
+    for name, recorder in tracker._recording.recorders.items():
         for mode, state in recorder.modes.items():
             owners = state.accumulators
             for owner_name, owner in owners.items():

@@ -70,7 +70,7 @@ def test_concurrent_hooks_equal_serial(tmp_path, ref) -> None:
     rows = sum(batch.shape[0] for chunk in work for batch in chunk)
     for name in ("0", "2", "4"):
         for tracker in (serial, threaded):
-            state = tracker._recorders[name].modes["train"]
+            state = tracker._recording.recorders[name].modes["train"]
             assert state.covariance.count == rows
             assert state.forward_calls == THREADS * BATCHES_PER_THREAD
 
@@ -91,7 +91,7 @@ def test_threads_in_both_modes_and_a_shared_interval(tmp_path) -> None:
     tracker = SaturationTracker("t", modules=net, nosave=True, log_interval=3, max_samples=10_000)
     work = [[torch.randn(7, 16, dtype=torch.float64) for _ in range(30)] for _ in range(4)]
     concurrent_run(net, work)
-    state = tracker._recorders["0"].modes["train"]
+    state = tracker._recording.recorders["0"].modes["train"]
     calls = 4 * 30
     assert state.forward_calls == calls
     # Exactly every third call was recorded, whichever thread made it.
@@ -121,7 +121,7 @@ def test_add_saturations_while_threads_record(tmp_path) -> None:
     finally:
         stop.set()
         thread.join()
-    assert tracker._recorders["0"].modes["train"].covariance.count == recorded[0]
+    assert tracker._recording.recorders["0"].modes["train"].covariance.count == recorded[0]
     tracker.close()
 
 

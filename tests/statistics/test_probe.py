@@ -218,7 +218,7 @@ def test_missing_partial_and_misaligned_targets() -> None:
         tracker.set_targets(None)
         layer(torch.randn(10, 3, generator=generator))
         values = tracker.add_saturations()
-        probe = tracker._recorders["linear"].modes["train"].accumulators["probe"]
+        probe = tracker._recording.recorders["linear"].modes["train"].accumulators["probe"]
         assert probe.joint is None  # the new epoch starts empty
         with pytest.raises(ValueError, match=r"saw 7 samples .* gave 30 targets"):
             tracker.set_targets(y)

@@ -131,7 +131,7 @@ def test_state_holds_every_accumulator_as_float64_tensors(tmp_path) -> None:
     assert state["forward_order"] == ["conv", "fc", "out"]
     assert set(state["layers"]) == {"conv", "fc", "out"}
     for name, layer in state["layers"].items():
-        recorder = tracker._recorders[name]
+        recorder = tracker._recording.recorders[name]
         assert set(layer) == {"train", "eval"}
         for mode, saved in layer.items():
             live = recorder.modes[mode]
@@ -229,8 +229,8 @@ def test_state_of_a_subset_of_layers_loads(tmp_path) -> None:
     other = SaturationTracker("other", modules=model, nosave=True, stats=STATS, layer_filter=["fc", "out"])
     other.load_state_dict({**state, "layers": {k: state["layers"][k] for k in ("fc", "out")}})
     assert (
-        other._recorders["fc"].modes["train"].covariance.count
-        == tracker._recorders["fc"].modes["train"].covariance.count
+        other._recording.recorders["fc"].modes["train"].covariance.count
+        == tracker._recording.recorders["fc"].modes["train"].covariance.count
     )
     other.close()
     tracker.close()

@@ -44,7 +44,7 @@ def test_outputs_and_their_graph_are_freed(tmp_path) -> None:
     # Nothing in the tracker holds a layer output or the graph that keeps the others alive.
     assert [ref() for ref in alive] == [None] * len(alive)
     # What the tracker keeps has no grad history.
-    for recorder in tracker._recorders.values():
+    for recorder in tracker._recording.recorders.values():
         state = recorder.modes["train"]
         for tensor in (state.covariance.mean, state.covariance.fix(), state.accumulators["embed"].rows):
             assert not tensor.requires_grad and tensor.grad_fn is None
@@ -96,5 +96,5 @@ def test_memory_is_constant_over_1000_steps() -> None:
     assert state_bytes(tracker.state_dict()) == accumulators_before
     # Python-side allocations: a leak of even a few bytes per step would show as >= 16 KiB.
     assert after - before < 16 * 1024, after - before
-    assert tracker._recorders["0"].modes["train"].covariance.count == 2100 * 32
+    assert tracker._recording.recorders["0"].modes["train"].covariance.count == 2100 * 32
     tracker.close()

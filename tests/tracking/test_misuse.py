@@ -59,7 +59,7 @@ def test_recording_after_close_is_an_error(tmp_path, call, name) -> None:
     tracker.close()
     before = (tmp_path / "run.csv").read_bytes()
     model(torch.randn(20, 5))  # the hooks are gone: nothing is recorded
-    assert [recorder.modes["train"].covariance.count for recorder in tracker._recorders.values()] == [20, 20]
+    assert [recorder.modes["train"].covariance.count for recorder in tracker._recording.recorders.values()] == [20, 20]
     with pytest.raises(RuntimeError, match=rf"\(.*run'\) is closed: {re.escape(name)} after close\(\) would record"):
         call(tracker)
     assert (tmp_path / "run.csv").read_bytes() == before

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from .cost_table import COST_COLUMNS, CostTable
-from .layer_cost import OUTPUT, LayerCost
+from .layer_cost import INPUT, OUTPUT, LayerCost
 
 __all__ = [
     "CostModel",
@@ -33,6 +33,7 @@ __all__ = [
     "EXPENSIVE_SECONDS",
     "ROWS_PER_DRAW",
     "MAX_BATCHES_PER_DRAW",
+    "MAX_BATCHES_PER_WHOLE_DRAW",
     "WHOLE_SHARE",
     "ROWS_PER_FEATURE",
 ]
@@ -46,6 +47,8 @@ EXPENSIVE_SECONDS = 1.0
 ROWS_PER_DRAW = 256
 #: Most batches per draw: more would leave short epochs with no draw but their first (too few rows).
 MAX_BATCHES_PER_DRAW = 8
+#: Most batches per draw of a layer on the input route, which keeps the whole batches it draws.
+MAX_BATCHES_PER_WHOLE_DRAW = 16
 #: The cheapest layers keep every row while, together, that costs at most this share of the budget.
 WHOLE_SHARE = 0.1
 #: Rows per feature a layer's statistics need to be more than sampling noise (their error grows with
@@ -54,10 +57,19 @@ WHOLE_SHARE = 0.1
 ROWS_PER_FEATURE = 20
 
 
-def _period(rate: float, rows: int) -> int:
-    """Batches per draw for a layer keeping ``rate`` of its ``rows``: about :data:`ROWS_PER_DRAW` rows a draw."""
+def _period(rate: float, cost: LayerCost) -> int:
+    """Batches per draw for a layer keeping ``rate`` of its rows.
+
+    On the output route, about :data:`ROWS_PER_DRAW` rows a draw. On the
+    input route whole batches: one in ``1 / rate`` (at most
+    :data:`MAX_BATCHES_PER_WHOLE_DRAW`), since a batch's map costs the same
+    whatever rows it holds.
+    """
+    rows = cost.rows
     if rate >= 1.0 or rows <= 0:
         return 1
+    if cost.route == INPUT:
+        return max(1, min(round(1.0 / rate), MAX_BATCHES_PER_WHOLE_DRAW))
     kept = max(1, math.ceil(rate * rows))
     return max(1, min(math.ceil(ROWS_PER_DRAW / kept), rows // kept, MAX_BATCHES_PER_DRAW))
 
@@ -87,8 +99,6 @@ def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
     >>> rows_per_feature_within([small, wide], budget=small.work + 10 * 64 * wide.work_per_row)
     10.0
     """
-    # A batch's map on the input route is paid whatever rows are kept.
-    budget -= sum(c.fixed_work(c.route) for c in costs)
     by_level = sorted(costs, key=lambda c: c.rows / c.features)
     full = 0.0  # work of the layers already capped at all their rows
     for index, cost in enumerate(by_level):
@@ -96,7 +106,7 @@ def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
         partial = sum(c.features * c.sampled_work_per_row for c in by_level[index:])
         if full + level * partial > budget:
             return max(budget - full, 0.0) / partial if partial else math.inf
-        full += cost.rows * cost.work_per_row
+        full += cost.work
     return math.inf
 
 
@@ -176,7 +186,7 @@ class CostModel:
                     changed = True
             if not changed:
                 break
-        self._periods = {c.layer: _period(self._rates[c.layer], c.rows) for c in self._costs.values()}
+        self._periods = {c.layer: _period(self._rates[c.layer], c) for c in self._costs.values()}
 
     def _balance(self, costs: list[LayerCost]) -> dict[str, float]:
         # Rows per feature are the rule, but a layer that costs next to nothing (a classifier head,

@@ -132,9 +132,15 @@ class LayerCost:
 
     @property
     def sampled_work_per_row(self) -> float:
-        """What merging one row costs when it is picked out of the batch by a budget."""
-        width = self.features_in if self.route == INPUT else self.features
-        return self.work_per_row + (width or 0) * self.gather_weight
+        """What merging one row costs when a budget keeps a share of them.
+
+        On the output route a row is picked out of the batch. On the input
+        route a budget keeps whole batches, one in ``m``: the map is paid
+        once per batch kept, so a row costs its share of the whole batch.
+        """
+        if self.route == INPUT:
+            return self.work / max(self.rows, 1)
+        return self.work_per_row + self.features * self.gather_weight
 
     @property
     def work(self) -> float:
@@ -142,19 +148,22 @@ class LayerCost:
         return self.rows * self.work_per_row + self.fixed_work(self.route)
 
     def kept_work(self, kept: float, route: str | None = None) -> float:
-        """What merging ``kept`` rows of a batch costs on ``route`` (the layer's): picked out of it unless
-        they are all its rows.
+        """What merging ``kept`` rows of a batch costs on ``route`` (the layer's), on average per batch.
 
-        A strided gather reads one cache line per element; once rows are
-        kept that densely, it costs one read of the whole batch and no more.
+        On the output route rows are picked out of the batch unless they are
+        all its rows; a strided gather reads one cache line per element, and
+        once rows are kept that densely it costs one read of the whole batch
+        and no more. On the input route whole batches are kept, one in
+        ``rows / kept``: the work is that share of a whole batch's.
         """
         route = route or self.route
-        fixed = self.fixed_work(route)
+        whole = self.rows * self.row_work(route) + self.fixed_work(route)
         if kept >= self.rows:
-            return self.rows * self.row_work(route) + fixed
-        width = (self.features_in if route == INPUT else self.features) or 0
+            return whole
+        if route == INPUT:
+            return whole * kept / max(self.rows, 1)
         gathered = min(kept, self.rows / ROWS_PER_CACHE_LINE)
-        return kept * self.row_work(route) + gathered * width * self.gather_weight + fixed
+        return kept * self.row_work(route) + gathered * self.features * self.gather_weight
 
     def cheaper_route(self, kept: float | None = None) -> str:
         """The route that merges ``kept`` rows (all of them by default) for less work."""

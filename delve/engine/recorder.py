@@ -158,7 +158,10 @@ class LayerRecorder:
         if period > 1 and not first:
             if not sampler.chance(1.0 / period):
                 return None
-            keep = min(n, keep * period)
+            # On the input route a drawn batch is kept whole: its map costs the same whatever it holds.
+            keep = n if view is not None else min(n, keep * period)
+            if keep >= n:
+                return self._batch(state, rows, n, view, None, None)
         if view is None:
             return self._batch(state, gather_rows(rows, sampler.indices(n, keep, rows.device)), keep, None, None, None)
         source = input_source(view)

@@ -25,7 +25,14 @@ from torch import nn
 
 from delve import SaturationTracker
 from delve.budget import cost_model
-from delve.budget.cost_model import MAX_BATCHES_PER_DRAW, ROWS_PER_DRAW, WHOLE_SHARE, CostModel, rows_per_feature_within
+from delve.budget.cost_model import (
+    MAX_BATCHES_PER_DRAW,
+    MAX_BATCHES_PER_WHOLE_DRAW,
+    ROWS_PER_DRAW,
+    WHOLE_SHARE,
+    CostModel,
+    rows_per_feature_within,
+)
 from delve.budget.layer_cost import LayerCost, relative_cost
 from delve.budget.row_sampler import RowSampler
 from delve.engine.accumulator import Accumulator, Batch
@@ -200,8 +207,12 @@ def test_the_sampler_picks_the_rows_at_its_indices_whatever_the_layout(make) -> 
         np.testing.assert_array_equal(kept.numpy(), reference)
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution the input route does not take (a subclass): its strided output rows are picked."""
+
+
 def test_rows_picked_out_of_a_strided_view_are_charged_and_kept_whole_when_that_is_cheaper() -> None:
-    conv = nn.Conv2d(16, 64, 1)
+    conv = PointwiseConv(16, 64, 1)
     with SaturationTracker("g", modules=conv, nosave=True, max_overhead=0.05) as tracker:
         with torch.no_grad():
             conv(torch.randn(8, 16, 16, 16))
@@ -232,8 +243,8 @@ def test_rows_picked_out_of_a_strided_view_are_charged_and_kept_whole_when_that_
 
 
 def test_a_layer_with_a_small_share_draws_more_rows_from_fewer_batches_first_batch_always() -> None:
-    layer = nn.Linear(4, 32)
-    tracker = SaturationTracker("p", modules=layer, nosave=True, stats=["lsat"], max_overhead=0.002)
+    layer = Dense(4, 32)
+    tracker = SaturationTracker("p", modules={"linear": layer}, nosave=True, stats=["lsat"], max_overhead=0.002)
     generator = torch.Generator().manual_seed(5)
     batches, epochs = 60, 3
     with warnings.catch_warnings():
@@ -507,3 +518,30 @@ def test_fewer_rows_than_features_are_missing_values_with_the_rows_beside_them()
 def test_a_max_overhead_above_one_names_the_fraction_probably_meant() -> None:
     with pytest.raises(ValueError, match=r"0\.05 means 5 %.*did you mean max_overhead=0\.05\?"):
         SaturationTracker("v", modules=nn.Linear(2, 2), nosave=True, max_overhead=5)
+
+
+def test_on_the_input_route_a_budget_keeps_whole_batches_one_in_m() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 256).double()
+    tracker = SaturationTracker("w", modules=layer, nosave=True, stats=["cov"], max_overhead=0.03)
+    generator = torch.Generator().manual_seed(3)
+    batches = [torch.randn(1024, 16, generator=generator, dtype=torch.float64) for _ in range(40)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # few rows per feature: warned about, expected
+        with torch.no_grad():
+            for batch in batches:
+                layer(batch)
+        costs = tracker._recording.settings.costs
+        (cost,) = costs.costs
+        share, period = costs.rows_to_keep("linear", 1024), costs.period("linear")
+        values = tracker.add_saturations()
+    tracker.close()
+    assert cost.route == "input" and period == min(round(1024 / share), MAX_BATCHES_PER_WHOLE_DRAW) > 1
+    # The input route pays a map per batch: sampled, a row costs its share of a whole batch.
+    assert cost.sampled_work_per_row == pytest.approx(cost.work / 1024)
+    # The first batch keeps its share; every other batch is kept whole or not at all.
+    drawn, left = divmod(values["train-rows_linear"] - share, 1024)
+    assert left == 0 and 0 < drawn < 39
+    mean, sigma = 39 / period, math.sqrt(39 / period * (1 - 1 / period))
+    assert abs(drawn - mean) <= 5 * sigma
+

@@ -192,6 +192,8 @@ class CostModel:
         # Rows per feature are the rule, but a layer that costs next to nothing (a classifier head,
         # a squeeze-excitation reduction) keeps every row: the rest loses at most WHOLE_SHARE.
         budget = self.max_overhead * sum(c.training for c in costs)  # type: ignore[operator]
+        # Probes rest on every sample: their work is paid first, and the covariances share what is left.
+        budget = max(budget - sum(c.probe_work for c in costs), 0.0)
         self._whole = whole = _kept_whole(costs, budget * WHOLE_SHARE)
         rest = [c for c in costs if c.layer not in whole]
         spent = sum(c.work for c in costs if c.layer in whole)
@@ -217,7 +219,7 @@ class CostModel:
         if level * by_name[layer].features > by_name[layer].rows:
             return math.inf
         kept = {c.layer: c.rows if c.layer in self._whole else min(c.rows, level * c.features) for c in costs}
-        return sum(c.kept_work(kept[c.layer]) for c in costs) / training
+        return sum(c.kept_work(kept[c.layer]) + c.probe_work for c in costs) / training
 
     def rate(self, layer: str) -> float:
         """Share of a batch's rows the layer keeps: 1 without a budget or before it was seen."""
@@ -257,17 +259,31 @@ class CostModel:
         """
         costs = self.costs
         training = sum(c.training for c in costs)
-        work = sum(c.work for c in costs)
+        work = sum(c.work + c.probe_work for c in costs)
         if not training:
             return 0.0, []
         dominating: list[str] = []
         covered = 0.0
-        for cost in sorted(costs, key=lambda c: -c.work):
+        for cost in sorted(costs, key=lambda c: -(c.work + c.probe_work)):
             if covered >= work * 0.5:
                 break
             dominating.append(cost.layer)
-            covered += cost.work
+            covered += cost.work + cost.probe_work
         return work / training, dominating
+
+    def probe_share(self) -> float:
+        """The probes' work against the budget (above 1: they alone exceed it); 0 without a budget.
+
+        Examples
+        --------
+        >>> model = CostModel(max_overhead=0.05)
+        >>> model.note(LayerCost("fc", 64, 64, 64, 64 * 64, probe_samples=64, probe_width=74))
+        >>> round(model.probe_share(), 2)  # 64 x 74 x 75 / 2, and pooling 64 x 64, against 5 % of 3 x 64 x 4096
+        4.62
+        """
+        costs = self.costs
+        budget = (self.max_overhead or 0.0) * sum(c.training for c in costs)
+        return sum(c.probe_work for c in costs) / budget if budget else 0.0
 
     def seconds(self, rows: Mapping[str, float]) -> float:
         """Estimated time to merge ``rows[layer]`` rows of each layer (every row, no budget).
@@ -286,7 +302,9 @@ class CostModel:
         by_name = {c.layer: c for c in self.costs}
         return sum(by_name[layer].seconds(n) for layer, n in rows.items() if layer in by_name)
 
-    def frame(self, layers: Iterable[str] | None = None) -> CostTable:
+    def frame(
+        self, layers: Iterable[str] | None = None, epochs: Mapping[str, tuple[int, int]] | None = None
+    ) -> CostTable:
         """One row per layer: the multiply-adds per batch and what they are estimated to cost.
 
         The columns (:data:`COST_COLUMNS`), all per batch of the layer's
@@ -302,10 +320,21 @@ class CostModel:
         * ``overhead``: tracking every row against training (1.0 = 100 %),
           in training multiply-adds: the product and the passes over the
           rows, weighted by what they cost on the device
-          (:func:`~delve.budget.layer_cost.relative_cost`);
+          (:func:`~delve.budget.layer_cost.relative_cost`), and the probe's;
         * ``share``: the layer's part of all tracking work;
         * ``kept_rows``, ``kept_overhead``: the same under the budget
-          (``max_overhead``); every row without one.
+          (``max_overhead``); every row without one;
+        * ``probe``: the live probe's part of ``overhead`` (0 without the
+          ``"probe"`` statistic): paid on every batch, under a budget too.
+
+        * ``epoch_overhead``: the epoch-end statistics (their float64
+          eigendecompositions, per mode) against the layer's training work in
+          the last epoch (``epochs[layer]``: its training batches and the
+          modes it was seen in); missing before an epoch has ended.
+
+        The budget covers the work of every step (``kept_overhead``), not
+        the epoch-end statistics nor the writers: on short epochs those can
+        dominate, and ``epoch_overhead`` shows it.
 
         Printed, the table shows fractions as percentages and large counts
         in thousands (k), millions (M) or billions (G); the values stay plain
@@ -313,12 +342,13 @@ class CostModel:
         """
         costs = {c.layer: c for c in self.costs}
         order = [name for name in (layers or costs) if name in costs]
-        total = sum(c.work for c in costs.values()) or 1.0
+        total = sum(c.work + c.probe_work for c in costs.values()) or 1.0
         records = []
         for name in order:
             cost = costs[name]
             kept = self.rows_to_keep(name, cost.rows)
             training = cost.training or math.nan
+            batches, modes = (epochs or {}).get(name, (0, 0))
             records.append(
                 {
                     "layer": name,
@@ -327,10 +357,12 @@ class CostModel:
                     "route": cost.route,
                     "update": cost.update,
                     "training": cost.training,
-                    "overhead": cost.work / training,
-                    "share": cost.work / total,
+                    "overhead": (cost.work + cost.probe_work) / training,
+                    "share": (cost.work + cost.probe_work) / total,
                     "kept_rows": kept,
-                    "kept_overhead": cost.kept_work(kept) / training,
+                    "kept_overhead": (cost.kept_work(kept) + cost.probe_work) / training,
+                    "probe": cost.probe_work / training,
+                    "epoch_overhead": cost.epoch_work(modes) / (training * batches) if batches else math.nan,
                 }
             )
         return CostTable.from_records(records, columns=list(COST_COLUMNS))

@@ -36,6 +36,7 @@ class Notices:
         self._nonfinite: set[tuple[int, str | None, str]] = set()
         self._sparse: set[tuple[str | None, str]] = set()
         self._costly = False
+        self._probes = False
         self._empty = False
 
     def epoch(
@@ -53,6 +54,7 @@ class Notices:
         for state in states:  # each rank merged about its share of the rows
             rows[state.layer] = rows.get(state.layer, 0) + state.covariance.count / world
         self.costly(costs, rows, stacklevel=5)
+        self.probes_over_budget(costs, stacklevel=5)
         features = {state.layer: state.covariance.num_features for state in states if state.covariance.count}
         self.sparse(logged, features, costs, stacklevel=5)
         if notify_empty and not any(s.covariance.count or s.covariance.rejected_batches for s in states):
@@ -135,6 +137,20 @@ class Notices:
             "multiply-adds per row. SaturationTracker(..., max_overhead=0.05) records a random subset of rows "
             "within a 5 % budget; tracker.cost() shows the estimate per layer",
             UserWarning,
+            stacklevel=stacklevel,
+        )
+
+    def probes_over_budget(self, costs: CostModel, stacklevel: int = 4) -> None:
+        """Warn once when the live probes alone are estimated to cost more than the budget."""
+        share = costs.probe_share()
+        if self._probes or share <= 1.0:
+            return
+        self._probes = True
+        warnings.warn(
+            f"{self.prefix}the live probes alone are estimated at {share:.1f} times the budget "
+            f"(max_overhead={costs.max_overhead}): they rest on every sample, so the covariances keep the fewest "
+            "rows; raise max_overhead, or track fewer layers (tracker.cost() shows the probe column)",
+            RuntimeWarning,
             stacklevel=stacklevel,
         )
 

@@ -3,9 +3,13 @@
 With a budget (``max_overhead=0.05``), each layer keeps a random subset of its
 rows per batch so that the estimated tracking work (:mod:`delve.budget.layer_cost`) stays
 within that share of the tracked layers' training work. The budget is spent
-so that layers get similar rows per feature where they can: the sampling
-error of a ``d``-wide covariance grows with ``sqrt(d / rows)``, so every
-layer is given the same ``rows / d`` up to the rows it has (water-filling).
+so that layers get similar rows per direction where they can: the sampling
+error of a covariance spanning ``r`` directions grows with ``sqrt(r / rows)``,
+so every layer is given the same ``rows / r`` up to the rows it has
+(water-filling). ``r`` is the layer's width ``d``, or for an affine layer at
+most its input width (:attr:`~delve.budget.layer_cost.LayerCost.rank`): a
+widening layer (attention's ``qkv``, an MLP's up-projection) needs no more
+rows than its input is wide.
 
 Each draw costs a fixed few operations whatever its size (choosing rows,
 gathering them, checking them), about as much as a few hundred rows of
@@ -87,11 +91,12 @@ def _kept_whole(costs: Sequence[LayerCost], allowance: float) -> set[str]:
 
 
 def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
-    """The largest common ``rows / d`` whose update work, capped at each layer's rows, fits ``budget``.
+    """The largest common ``rows / r`` whose update work, capped at each layer's rows, fits ``budget``.
 
-    Layers whose ``rows / d`` is below the level keep all their rows; the others
-    get ``level * d`` rows, each costing what picking it out of the batch
-    adds. ``math.inf`` when every row fits.
+    ``r`` is each layer's :attr:`~delve.budget.layer_cost.LayerCost.rank`.
+    Layers whose ``rows / r`` is below the level keep all their rows; the
+    others get ``level * r`` rows, each costing what picking it out of the
+    batch adds. ``math.inf`` when every row fits.
 
     Examples
     --------
@@ -99,11 +104,11 @@ def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
     >>> rows_per_feature_within([small, wide], budget=small.work + 10 * 64 * wide.work_per_row)
     10.0
     """
-    by_level = sorted(costs, key=lambda c: c.rows / c.features)
+    by_level = sorted(costs, key=lambda c: c.rows / c.rank)
     full = 0.0  # work of the layers already capped at all their rows
     for index, cost in enumerate(by_level):
-        level = cost.rows / cost.features
-        partial = sum(c.features * c.sampled_work_per_row for c in by_level[index:])
+        level = cost.rows / cost.rank
+        partial = sum(c.rank * c.sampled_work_per_row for c in by_level[index:])
         if full + level * partial > budget:
             return max(budget - full, 0.0) / partial if partial else math.inf
         full += cost.work
@@ -199,8 +204,8 @@ class CostModel:
         spent = sum(c.work for c in costs if c.layer in whole)
         self._level = level = rows_per_feature_within(rest, budget - spent)
         return {
-            c.layer: level * c.features / c.rows
-            if c.layer not in whole and c.worth_sampling(level * c.features)
+            c.layer: level * c.rank / c.rows
+            if c.layer not in whole and c.worth_sampling(level * c.rank)
             else 1.0
             for c in costs
         }
@@ -215,10 +220,10 @@ class CostModel:
         by_name = {c.layer: c for c in costs}
         if layer not in by_name or layer in self._whole or not training:
             return math.inf
-        level = min(self._level, by_name[layer].rows / by_name[layer].features) * factor
-        if level * by_name[layer].features > by_name[layer].rows:
+        level = min(self._level, by_name[layer].rows / by_name[layer].rank) * factor
+        if level * by_name[layer].rank > by_name[layer].rows:
             return math.inf
-        kept = {c.layer: c.rows if c.layer in self._whole else min(c.rows, level * c.features) for c in costs}
+        kept = {c.layer: c.rows if c.layer in self._whole else min(c.rows, level * c.rank) for c in costs}
         return sum(c.kept_work(kept[c.layer]) + c.probe_work for c in costs) / training
 
     def rate(self, layer: str) -> float:

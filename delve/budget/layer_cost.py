@@ -111,6 +111,22 @@ class LayerCost:
     device: str = "cpu"
 
     @property
+    def rank(self) -> int:
+        """The most directions the layer's outputs can span: ``min(d_in, d)`` for an affine layer, else ``d``.
+
+        ``x W^T + b`` spans at most ``d_in`` directions however wide it is,
+        so a widening layer's covariance is as well estimated from ``n`` rows
+        as a ``d_in``-wide one: the budget gives rows per direction, not per
+        output feature.
+
+        Examples
+        --------
+        >>> LayerCost("qkv", 64, 576, 64, 192 * 576, features_in=192).rank
+        192
+        """
+        return min(self.features, self.features_in) if self.features_in else self.features
+
+    @property
     def update_per_row(self) -> int:
         """Multiply-adds to merge one row on the output route: its share of the upper-triangular Gram product."""
         d = self.features

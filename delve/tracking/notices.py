@@ -90,17 +90,21 @@ class Notices:
         """
         if costs.max_overhead is None:
             return
+        # An affine layer spans at most its input width: its rows are counted against that (the budget's rule).
+        ranks = {cost.layer: cost.rank for cost in costs.costs}
         for value in logged:
-            d = features.get(value.layer or "", 0)
+            width = features.get(value.layer or "", 0)
+            d = min(width, ranks.get(value.layer or "", width))
             key = (value.layer, value.mode)
             if value.statistic != ROWS or not d or value.value >= ROWS_PER_FEATURE * d or key in self._sparse:
                 continue
             self._sparse.add(key)
             needed = costs.overhead_for(value.layer or "", ROWS_PER_FEATURE * d / max(value.value, 1))
+            spanned = f"{d} features" if d == width else f"the {d} directions its {width} outputs can span"
             advice = f"about max_overhead={needed:.2g} would give it that" if math.isfinite(needed) else ""
             warnings.warn(
-                f"{self.prefix}layer {value.layer!r} ({value.mode}) merged {value.value} rows for {d} features in this "
-                f"epoch, fewer than {ROWS_PER_FEATURE} per feature: its spectrum is mostly sampling noise; "
+                f"{self.prefix}layer {value.layer!r} ({value.mode}) merged {value.value} rows for {spanned} in this "
+                f"epoch, fewer than {ROWS_PER_FEATURE} per {'feature' if d == width else 'direction'}: its spectrum is mostly sampling noise; "
                 f"{advice or 'it has fewer rows than that in the whole epoch'}",
                 RuntimeWarning,
                 stacklevel=stacklevel,

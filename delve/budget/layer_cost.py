@@ -74,8 +74,9 @@ class LayerCost:
     features_in : int or None
         ``d_in`` of an affine layer that can take the input route; ``None``
         when it cannot.
-    map_weight : float
-        What one float64 multiply-add costs: the map ``W S_x W^T``'s and the probe's.
+    float64_weight : float
+        What one float64 multiply-add costs (the probe's moments are float64
+        whatever the covariance's precision).
     input_shared : bool
         Another layer computes the same input scatter in the same forward
         pass: this one pays only its map.
@@ -102,7 +103,7 @@ class LayerCost:
     pass_weight: float = 0.0
     gather_weight: float = 0.0
     features_in: int | None = None
-    map_weight: float = 1.0
+    float64_weight: float = 1.0
     input_shared: bool = False
     route: str = OUTPUT
     training_rate: float = 0.0
@@ -151,7 +152,8 @@ class LayerCost:
         if route != INPUT:
             return 0.0
         d_in, d_out = self.features_in or 0, self.features
-        return d_out * d_in * (d_in + d_out / 2) * self.map_weight + 2 * d_out * d_out * self.pass_weight
+        # The map runs in the products' precision (float64 in exact mode, float32 under a budget).
+        return d_out * d_in * (d_in + d_out / 2) * self.product_weight + 2 * d_out * d_out * self.pass_weight
 
     @property
     def probe_work(self) -> float:
@@ -164,8 +166,7 @@ class LayerCost:
             return 0.0
         w = self.probe_width
         pooling = self.rows * self.features * POOLING_WEIGHT
-        # The probe's moments are float64 whatever the covariance's precision, as the map's are.
-        return self.probe_samples * w * (w + 1) // 2 * self.map_weight + pooling
+        return self.probe_samples * w * (w + 1) // 2 * self.float64_weight + pooling
 
     @property
     def work_per_row(self) -> float:
@@ -338,7 +339,7 @@ def layer_cost(
     weights: CostWeights = UNIT_WEIGHTS,
     strided: bool = False,
     features_in: int | None = None,
-    map_weight: float | None = None,
+    float64_weight: float | None = None,
     input_shared: bool = False,
     rate: float = 0.0,
     probe_samples: int = 0,
@@ -349,8 +350,9 @@ def layer_cost(
 
     ``weights`` is :func:`relative_cost` for the layer's device and dtypes;
     ``strided`` says the observation's rows are not contiguous in memory;
-    ``features_in``, ``map_weight`` and ``input_shared`` describe the input
-    route where the layer can take it (see :class:`LayerCost`).
+    ``features_in`` and ``input_shared`` describe the input route where the
+    layer can take it, ``float64_weight`` what a float64 multiply-add costs
+    (see :class:`LayerCost`).
     ``rate`` is :func:`training_rate` for the layer's device (``0``: unknown);
     ``probe_samples`` and ``probe_width`` describe its live probe, if any;
     ``device`` is the type of the device its state lives on.
@@ -374,7 +376,7 @@ def layer_cost(
         weights.passes,
         gather,
         features_in,
-        weights.product if map_weight is None else map_weight,
+        weights.product if float64_weight is None else float64_weight,
         input_shared,
         OUTPUT,
         float(rate),

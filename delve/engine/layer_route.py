@@ -114,7 +114,7 @@ class LayerRoute:
         exact = resolve_precision(self.precision, rows.device) == "float64"
         product = torch.float64 if exact else torch.float32
         weights = relative_cost(rows.device.type, product, rows.dtype)
-        map_weight = relative_cost(rows.device.type, torch.float64, rows.dtype).product
+        float64_weight = relative_cost(rows.device.type, torch.float64, rows.dtype).product
         shared = view is not None and self.cache is not None and self.cache.holds(input_source(view), view.rows)
         current = self.targets.current if self.targets is not None else None
         self.costs.note(
@@ -127,7 +127,7 @@ class LayerRoute:
                 weights,
                 strided=not rows.is_contiguous(),
                 features_in=features_in,
-                map_weight=map_weight,
+                float64_weight=float64_weight,
                 input_shared=shared,
                 rate=training_rate(rows.device.type, rows.dtype),
                 probe_samples=self._probe_samples(output),

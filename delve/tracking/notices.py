@@ -100,11 +100,12 @@ class Notices:
                 continue
             self._sparse.add(key)
             needed = costs.overhead_for(value.layer or "", ROWS_PER_FEATURE * d / max(value.value, 1))
+            unit = "feature" if d == width else "direction"
             spanned = f"{d} features" if d == width else f"the {d} directions its {width} outputs can span"
             advice = f"about max_overhead={needed:.2g} would give it that" if math.isfinite(needed) else ""
             warnings.warn(
                 f"{self.prefix}layer {value.layer!r} ({value.mode}) merged {value.value} rows for {spanned} in this "
-                f"epoch, fewer than {ROWS_PER_FEATURE} per {'feature' if d == width else 'direction'}: its spectrum is mostly sampling noise; "
+                f"epoch, fewer than {ROWS_PER_FEATURE} per {unit}: its spectrum is mostly sampling noise; "
                 f"{advice or 'it has fewer rows than that in the whole epoch'}",
                 RuntimeWarning,
                 stacklevel=stacklevel,

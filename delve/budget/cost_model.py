@@ -185,7 +185,12 @@ class CostModel:
             self._rates = self._balance(list(self._costs.values()))
             changed = False
             for name, cost in self._costs.items():
-                route = cost.cheaper_route(self._rates[name] * cost.rows)
+                rate = self._rates[name]
+                route = cost.cheaper_route(rate * cost.rows)
+                if route == INPUT and rate * MAX_BATCHES_PER_WHOLE_DRAW < 1.0:
+                    # Whole batches this rarely leave the epoch's drift between batches to chance: rows
+                    # spread over every batch estimate the epoch's covariance better for the same work.
+                    route = OUTPUT
                 if route != cost.route:
                     self._costs[name] = replace(cost, route=route)
                     changed = True

@@ -27,10 +27,10 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from budget_accuracy import digits_batches  # noqa: E402
-from workloads import token_loss, workloads  # noqa: E402
+from budget_accuracy import digits_batches
+from workloads import token_loss, workloads
 
-from delve import SaturationTracker  # noqa: E402
+from delve import SaturationTracker
 
 
 def saturation(covariance: np.ndarray, threshold: float = 0.99) -> float:

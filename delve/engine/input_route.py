@@ -3,7 +3,7 @@
 For ``y = W x + b`` (:mod:`delve.capture.affine`), a batch of ``n`` input
 rows with mean ``m_x`` and centred scatter ``S_x`` has output mean
 ``W m_x + b`` and output scatter ``W S_x W^T``. The scatter costs
-``n d_in^2 / 2`` multiply-adds and the map ``d_out d_in (d_in + d_out / 2)``,
+``n d_in^2 / 2`` multiply-adds and the map ``d_out d_in (d_in + d_out)``,
 whatever ``n``; the output Gram would cost ``n d_out^2 / 2``. Where a layer
 widens (attention's projections, an MLP's up projection, a pointwise
 expansion) and batches are tall, the input side is the cheaper exact route;

@@ -527,7 +527,7 @@ def test_a_max_overhead_above_one_names_the_fraction_probably_meant() -> None:
 def test_on_the_input_route_a_budget_keeps_whole_batches_one_in_m() -> None:
     torch.manual_seed(0)
     layer = nn.Linear(16, 256).double()
-    tracker = SaturationTracker("w", modules=layer, nosave=True, stats=["cov"], max_overhead=0.03)
+    tracker = SaturationTracker("w", modules=layer, nosave=True, stats=["cov"], max_overhead=0.05)
     generator = torch.Generator().manual_seed(3)
     batches = [torch.randn(1024, 16, generator=generator, dtype=torch.float64) for _ in range(40)]
     with warnings.catch_warnings():

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib import image as mpimg
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -69,6 +70,7 @@ def test_every_example_is_tested() -> None:
         "transformer_encoder.py",
         "resume_run.py",
         "custom_writer.py",
+        "receptive_field_tail.py",
     }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
@@ -169,3 +171,26 @@ def test_custom_writer_agrees_with_the_csv_writer(tmp_path: Path) -> None:
         for name, value in record.items():
             assert frame.loc[epoch, name] == pytest.approx(value, rel=1e-12)
     assert_saturation_is_k_over_d(frame, "train-saturation_0", 16)
+
+
+def test_receptive_field_tail_prints_the_report_and_draws_the_figure(tmp_path: Path) -> None:
+    stdout = run_example("receptive_field_tail.py", tmp_path, "--epochs", "2", "--sizes", "8", "--samples", "300")
+    out = tmp_path / "out"
+    frame = read_csv(out / "plain8.csv")
+    assert list(frame.index) == [0, 1]
+    names = [f"conv{index}" for index in range(1, 13)] + ["head"]
+    for layer in names:
+        assert_saturation_is_k_over_d(frame, f"train-saturation_{layer}", 10 if layer == "head" else 32)
+        assert 0.0 <= frame[f"eval-probe-accuracy_{layer}"].iloc[-1] <= 1.0
+    # The report: the layers with their fields (1 + 2L pixels after L convolutions), then the findings.
+    report = stdout[stdout.index("delve report, epoch 1: 13 layers") :].splitlines()
+    assert report[1].split()[:3] == ["layer", "width", "saturation"] and "rf_min" in report[1]
+    rows = {line.split()[0]: line for line in report[2:15]}
+    assert list(rows) == names
+    for index in range(1, 13):
+        side = 1 + 2 * index
+        assert f" {side}x{side} " in rows[f"conv{index}"]
+    record = json.loads((out / "plain8.run.json").read_text())
+    assert [record["facts"][f"conv{index}"]["beyond_input"] for index in range(1, 13)] == [False] * 3 + [True] * 9
+    figure = mpimg.imread(out / "plain8" / "plots" / "verdicts.png")
+    assert figure.shape[0] > 300 and figure.shape[1] > 600 and figure[..., :3].std() > 0.05

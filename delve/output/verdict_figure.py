@@ -142,7 +142,7 @@ def verdict_figure(
     label_height = _text_width_inches([labels[index] for index in shown], tick_size)
     em = fontsize / 72
     bottom = 0.2 + label_height + 0.8 * em
-    top = 0.2 + 3.4 * em  # the title, and the legend's row under it
+    top = 0.25 + 4.0 * em  # the title, and the legend's row under it
     left, right = 0.45 + 3.0 * em, 0.3
     width = left + plot_width + right
     height = bottom + _PLOT_HEIGHT + _STRIP_HEIGHT + top
@@ -176,7 +176,7 @@ def verdict_figure(
     if epoch is not None:
         title += f", epoch {epoch}"
     # Above the strip and the legend's row: the title stays the main axes' own (figure.axes[0]).
-    axes.set_title(title, fontsize=fontsize * 1.1, y=1.0 + (_STRIP_HEIGHT + 1.6 * em) / _PLOT_HEIGHT, pad=0)
+    axes.set_title(title, fontsize=fontsize * 1.1, y=1.0 + (_STRIP_HEIGHT + 2.3 * em) / _PLOT_HEIGHT, pad=0)
     if series:
         figure.legend(
             loc="lower center",

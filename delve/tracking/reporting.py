@@ -12,6 +12,7 @@ are the tracker's methods of the same names: defined here, bound in
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,8 @@ class InputShape:
     """The shape of the first tensor a model is called with, noted by a forward pre-hook that then removes itself.
 
     Only when the tracker was given one model (``modules=model``): a list or
-    dict of modules has no single input. The hook never changes the input.
+    dict of modules has no single input. The hook never changes the input,
+    and a copy of the model (pickle, ``copy.deepcopy``) gets an inert one.
 
     Examples
     --------
@@ -48,9 +50,11 @@ class InputShape:
     def __init__(self, modules: object) -> None:
         self.shape: tuple[int, ...] | None = None
         self.seen = False
-        self.handle = modules.register_forward_pre_hook(self._note) if isinstance(modules, nn.Module) else None
+        hook = _FirstInput(self)
+        self.handle = modules.register_forward_pre_hook(hook) if isinstance(modules, nn.Module) else None
 
-    def _note(self, module: nn.Module, args: tuple) -> None:
+    def note(self, args: tuple) -> None:
+        """Note the shape of the first positional argument (when a tensor), and remove the hook."""
         if is_compiling():
             return  # noted when the model runs outside the compiler, not while Dynamo traces it
         first = args[0] if args else None
@@ -64,6 +68,31 @@ class InputShape:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
+
+
+class _FirstInput:
+    """The pre-hook itself: a weak reference, so the model does not keep the tracker alive."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: InputShape) -> None:
+        self.owner = weakref.ref(owner)
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        owner = self.owner()
+        if owner is not None:
+            owner.note(args)
+
+    def __reduce__(self) -> tuple:
+        return (_inert_hook, ())
+
+
+def _inert_hook() -> Any:
+    return _do_nothing
+
+
+def _do_nothing(*args: Any) -> None:
+    return None
 
 
 def _unknown(layers: Sequence[TrackedLayer], why: str) -> pd.DataFrame:

@@ -91,7 +91,7 @@ class TensorBoardWriter(AbstractWriter):
         Log the saturation profile image each epoch.
     heatmap_images : bool
         Log the layers-by-epochs image of each statistic and mode each epoch.
-    report_images : bool
+    report : bool
         Log the report (text and verdict figure) each epoch.
     flush_secs : int
         Passed to ``SummaryWriter``; :meth:`save` flushes every epoch anyway.
@@ -118,7 +118,7 @@ class TensorBoardWriter(AbstractWriter):
         logdir: str | None = None,
         profile_images: bool = True,
         heatmap_images: bool = True,
-        report_images: bool = True,
+        report: bool = True,
         flush_secs: int = 120,
         fontsize: float = 11,
         background: bool = True,
@@ -129,7 +129,7 @@ class TensorBoardWriter(AbstractWriter):
         self.run_name = self.logdir.name
         self.profile_images = bool(profile_images)
         self.heatmap_images = bool(heatmap_images)
-        self.report_images = bool(report_images)
+        self.report = bool(report)
         self.flush_secs = int(flush_secs)
         self.fontsize = fontsize
         self.background = bool(background)

@@ -76,7 +76,7 @@ def log_verdicts(writer: Any) -> list[ImageJob]:
     forward order.
     """
     trained = writer._history.get((PROFILE_STAT, "train"))
-    if not trained or not writer._epochs or not writer.report_images:
+    if not trained or not writer._epochs or not writer.report:
         return []
     step = max(writer._epochs)
     rows = [

@@ -127,3 +127,17 @@ def test_report_finds_the_tail_past_the_border_of_a_small_input(tmp_path) -> Non
 def test_report_before_any_epoch_is_empty_and_needs_no_files() -> None:
     with SaturationTracker("run", modules=copying_stack(), nosave=True) as tracker:
         assert tracker.report().empty
+
+
+def test_a_copy_of_the_model_gets_no_working_shape_hook() -> None:
+    import copy
+    import pickle
+
+    model = copying_stack()
+    with SaturationTracker("run", modules=model, nosave=True) as tracker:
+        for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            twin(torch.randn(2, 1, 6, 6))
+        with pytest.raises(RuntimeError, match="has not run"):
+            tracker.receptive_fields()  # the copies' inputs are not the model's
+        model(torch.randn(2, 1, 4, 4))
+        assert tracker.receptive_fields()["input_size"].tolist() == [(4, 4)] * 5

@@ -412,8 +412,8 @@ def test_the_report_is_logged_as_text_and_as_a_figure_each_epoch(tmp_path):
     assert pixels.shape[0] > 300 and pixels.shape[1] > 400
 
 
-def test_report_images_false_logs_no_report(tmp_path):
-    writer = TensorBoardWriter(str(tmp_path / "run"), report_images=False)
+def test_report_false_logs_no_report(tmp_path):
+    writer = TensorBoardWriter(str(tmp_path / "run"), report=False)
     writer.add_scalar("train-saturation_fc", 0.5, epoch=0)
     writer.close()
     tags = accumulate(tmp_path / "run").Tags()

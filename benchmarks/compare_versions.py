@@ -112,7 +112,7 @@ def main() -> None:
         head = describe_revision(args)
         body = "\n".join([*head, "", *lines])
         text = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        heading = f"{KEPT_PREFIX} current against {args.base}"
+        heading = f"{KEPT_PREFIX[0]} current against {args.base}"
         atomic_write(args.output, lambda handle: handle.write(replace_section(text, heading, body)))
 
 

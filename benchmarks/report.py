@@ -25,12 +25,13 @@ __all__ = [
     "replace_section",
 ]
 
-#: Sections of RESULTS.md written by other scripts (compare_versions.py); benchmark.py carries them over.
-KEPT_PREFIX = "## versions:"
+#: Sections of RESULTS.md written by other scripts (compare_versions.py, probe_cost.py); benchmark.py
+#: carries them over.
+KEPT_PREFIX = ("## versions:", "## probes:")
 
 
 def kept_sections(text: str) -> str:
-    """The sections of ``text`` whose heading starts with :data:`KEPT_PREFIX`, in order."""
+    """The sections of ``text`` whose heading starts with one of :data:`KEPT_PREFIX`, in order."""
     kept, keeping = [], False
     for line in text.splitlines():
         if line.startswith("## "):

@@ -3,9 +3,13 @@
 With a budget (``max_overhead=0.05``), each layer keeps a random subset of its
 rows per batch so that the estimated tracking work (:mod:`delve.budget.layer_cost`) stays
 within that share of the tracked layers' training work. The budget is spent
-so that layers get similar rows per feature where they can: the sampling
-error of a ``d``-wide covariance grows with ``sqrt(d / rows)``, so every
-layer is given the same ``rows / d`` up to the rows it has (water-filling).
+so that layers get similar rows per direction where they can: the sampling
+error of a covariance spanning ``r`` directions grows with ``sqrt(r / rows)``,
+so every layer is given the same ``rows / r`` up to the rows it has
+(water-filling). ``r`` is the layer's width ``d``, or for an affine layer at
+most its input width (:attr:`~delve.budget.layer_cost.LayerCost.rank`): a
+widening layer (attention's ``qkv``, an MLP's up-projection) needs no more
+rows than its input is wide.
 
 Each draw costs a fixed few operations whatever its size (choosing rows,
 gathering them, checking them), about as much as a few hundred rows of
@@ -87,11 +91,12 @@ def _kept_whole(costs: Sequence[LayerCost], allowance: float) -> set[str]:
 
 
 def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
-    """The largest common ``rows / d`` whose update work, capped at each layer's rows, fits ``budget``.
+    """The largest common ``rows / r`` whose update work, capped at each layer's rows, fits ``budget``.
 
-    Layers whose ``rows / d`` is below the level keep all their rows; the others
-    get ``level * d`` rows, each costing what picking it out of the batch
-    adds. ``math.inf`` when every row fits.
+    ``r`` is each layer's :attr:`~delve.budget.layer_cost.LayerCost.rank`.
+    Layers whose ``rows / r`` is below the level keep all their rows; the
+    others get ``level * r`` rows, each costing what picking it out of the
+    batch adds. ``math.inf`` when every row fits.
 
     Examples
     --------
@@ -99,11 +104,11 @@ def rows_per_feature_within(costs: Sequence[LayerCost], budget: float) -> float:
     >>> rows_per_feature_within([small, wide], budget=small.work + 10 * 64 * wide.work_per_row)
     10.0
     """
-    by_level = sorted(costs, key=lambda c: c.rows / c.features)
+    by_level = sorted(costs, key=lambda c: c.rows / c.rank)
     full = 0.0  # work of the layers already capped at all their rows
     for index, cost in enumerate(by_level):
-        level = cost.rows / cost.features
-        partial = sum(c.features * c.sampled_work_per_row for c in by_level[index:])
+        level = cost.rows / cost.rank
+        partial = sum(c.rank * c.sampled_work_per_row for c in by_level[index:])
         if full + level * partial > budget:
             return max(budget - full, 0.0) / partial if partial else math.inf
         full += cost.work
@@ -180,7 +185,12 @@ class CostModel:
             self._rates = self._balance(list(self._costs.values()))
             changed = False
             for name, cost in self._costs.items():
-                route = cost.cheaper_route(self._rates[name] * cost.rows)
+                rate = self._rates[name]
+                route = cost.cheaper_route(rate * cost.rows)
+                if route == INPUT and rate * MAX_BATCHES_PER_WHOLE_DRAW < 1.0:
+                    # Whole batches this rarely leave the epoch's drift between batches to chance: rows
+                    # spread over every batch estimate the epoch's covariance better for the same work.
+                    route = OUTPUT
                 if route != cost.route:
                     self._costs[name] = replace(cost, route=route)
                     changed = True
@@ -192,13 +202,15 @@ class CostModel:
         # Rows per feature are the rule, but a layer that costs next to nothing (a classifier head,
         # a squeeze-excitation reduction) keeps every row: the rest loses at most WHOLE_SHARE.
         budget = self.max_overhead * sum(c.training for c in costs)  # type: ignore[operator]
+        # Probes rest on every sample: their work is paid first, and the covariances share what is left.
+        budget = max(budget - sum(c.probe_work for c in costs), 0.0)
         self._whole = whole = _kept_whole(costs, budget * WHOLE_SHARE)
         rest = [c for c in costs if c.layer not in whole]
         spent = sum(c.work for c in costs if c.layer in whole)
         self._level = level = rows_per_feature_within(rest, budget - spent)
         return {
-            c.layer: level * c.features / c.rows
-            if c.layer not in whole and c.worth_sampling(level * c.features)
+            c.layer: level * c.rank / c.rows
+            if c.layer not in whole and c.worth_sampling(level * c.rank)
             else 1.0
             for c in costs
         }
@@ -213,11 +225,11 @@ class CostModel:
         by_name = {c.layer: c for c in costs}
         if layer not in by_name or layer in self._whole or not training:
             return math.inf
-        level = min(self._level, by_name[layer].rows / by_name[layer].features) * factor
-        if level * by_name[layer].features > by_name[layer].rows:
+        level = min(self._level, by_name[layer].rows / by_name[layer].rank) * factor
+        if level * by_name[layer].rank > by_name[layer].rows:
             return math.inf
-        kept = {c.layer: c.rows if c.layer in self._whole else min(c.rows, level * c.features) for c in costs}
-        return sum(c.kept_work(kept[c.layer]) for c in costs) / training
+        kept = {c.layer: c.rows if c.layer in self._whole else min(c.rows, level * c.rank) for c in costs}
+        return sum(c.kept_work(kept[c.layer]) + c.probe_work for c in costs) / training
 
     def rate(self, layer: str) -> float:
         """Share of a batch's rows the layer keeps: 1 without a budget or before it was seen."""
@@ -257,17 +269,31 @@ class CostModel:
         """
         costs = self.costs
         training = sum(c.training for c in costs)
-        work = sum(c.work for c in costs)
+        work = sum(c.work + c.probe_work for c in costs)
         if not training:
             return 0.0, []
         dominating: list[str] = []
         covered = 0.0
-        for cost in sorted(costs, key=lambda c: -c.work):
+        for cost in sorted(costs, key=lambda c: -(c.work + c.probe_work)):
             if covered >= work * 0.5:
                 break
             dominating.append(cost.layer)
-            covered += cost.work
+            covered += cost.work + cost.probe_work
         return work / training, dominating
+
+    def probe_share(self) -> float:
+        """The probes' work against the budget (above 1: they alone exceed it); 0 without a budget.
+
+        Examples
+        --------
+        >>> model = CostModel(max_overhead=0.05)
+        >>> model.note(LayerCost("fc", 64, 64, 64, 64 * 64, probe_samples=64, probe_width=74))
+        >>> round(model.probe_share(), 2)  # 64 x 74 x 75 / 2, and pooling 64 x 64, against 5 % of 3 x 64 x 4096
+        4.62
+        """
+        costs = self.costs
+        budget = (self.max_overhead or 0.0) * sum(c.training for c in costs)
+        return sum(c.probe_work for c in costs) / budget if budget else 0.0
 
     def seconds(self, rows: Mapping[str, float]) -> float:
         """Estimated time to merge ``rows[layer]`` rows of each layer (every row, no budget).
@@ -286,7 +312,9 @@ class CostModel:
         by_name = {c.layer: c for c in self.costs}
         return sum(by_name[layer].seconds(n) for layer, n in rows.items() if layer in by_name)
 
-    def frame(self, layers: Iterable[str] | None = None) -> CostTable:
+    def frame(
+        self, layers: Iterable[str] | None = None, epochs: Mapping[str, tuple[int, int]] | None = None
+    ) -> CostTable:
         """One row per layer: the multiply-adds per batch and what they are estimated to cost.
 
         The columns (:data:`COST_COLUMNS`), all per batch of the layer's
@@ -302,10 +330,21 @@ class CostModel:
         * ``overhead``: tracking every row against training (1.0 = 100 %),
           in training multiply-adds: the product and the passes over the
           rows, weighted by what they cost on the device
-          (:func:`~delve.budget.layer_cost.relative_cost`);
+          (:func:`~delve.budget.layer_cost.relative_cost`), and the probe's;
         * ``share``: the layer's part of all tracking work;
         * ``kept_rows``, ``kept_overhead``: the same under the budget
-          (``max_overhead``); every row without one.
+          (``max_overhead``); every row without one;
+        * ``probe``: the live probe's part of ``overhead`` (0 without the
+          ``"probe"`` statistic): paid on every batch, under a budget too.
+
+        * ``epoch_overhead``: the epoch-end statistics (their float64
+          eigendecompositions, per mode) against the layer's training work in
+          the last epoch (``epochs[layer]``: its training batches and the
+          modes it was seen in); missing before an epoch has ended.
+
+        The budget covers the work of every step (``kept_overhead``), not
+        the epoch-end statistics nor the writers: on short epochs those can
+        dominate, and ``epoch_overhead`` shows it.
 
         Printed, the table shows fractions as percentages and large counts
         in thousands (k), millions (M) or billions (G); the values stay plain
@@ -313,12 +352,13 @@ class CostModel:
         """
         costs = {c.layer: c for c in self.costs}
         order = [name for name in (layers or costs) if name in costs]
-        total = sum(c.work for c in costs.values()) or 1.0
+        total = sum(c.work + c.probe_work for c in costs.values()) or 1.0
         records = []
         for name in order:
             cost = costs[name]
             kept = self.rows_to_keep(name, cost.rows)
             training = cost.training or math.nan
+            batches, modes = (epochs or {}).get(name, (0, 0))
             records.append(
                 {
                     "layer": name,
@@ -327,10 +367,12 @@ class CostModel:
                     "route": cost.route,
                     "update": cost.update,
                     "training": cost.training,
-                    "overhead": cost.work / training,
-                    "share": cost.work / total,
+                    "overhead": (cost.work + cost.probe_work) / training,
+                    "share": (cost.work + cost.probe_work) / total,
                     "kept_rows": kept,
-                    "kept_overhead": cost.kept_work(kept) / training,
+                    "kept_overhead": (cost.kept_work(kept) + cost.probe_work) / training,
+                    "probe": cost.probe_work / training,
+                    "epoch_overhead": cost.epoch_work(modes) / (training * batches) if batches else math.nan,
                 }
             )
         return CostTable.from_records(records, columns=list(COST_COLUMNS))

@@ -51,7 +51,13 @@ COST_COLUMNS: dict[str, Callable[[Any], str]] = {
     "kept_rows": _count,
     "kept_overhead": _percent,
     "route": lambda value: "in" if value == INPUT else "out",
+    "probe": _percent,
+    "epoch_overhead": _percent,
 }
+
+
+#: Columns a printed table leaves out while they hold nothing (no probes; no epoch ended yet).
+OPTIONAL_COLUMNS = ("probe", "epoch_overhead")
 
 
 class CostTable(pd.DataFrame):
@@ -59,7 +65,8 @@ class CostTable(pd.DataFrame):
 
     The values are plain numbers (``overhead`` 3.47 is 347 %); printed, the
     table fits a terminal: percentages, compact counts, one space between
-    columns, every column shown. A selection of columns or rows is an
+    columns, every column shown but the optional ones that hold nothing yet
+    (:data:`OPTIONAL_COLUMNS`). A selection of columns or rows is an
     ordinary DataFrame again.
 
     Examples
@@ -71,10 +78,19 @@ class CostTable(pd.DataFrame):
     fc      64      512   8.4M    1.57M     347%  100%        64          347%
     """
 
+    def shown_columns(self) -> list[str]:
+        """The columns the printed table shows: all but the optional ones that hold nothing yet."""
+        return [
+            str(name)
+            for name in self.columns
+            if name not in OPTIONAL_COLUMNS or not (self[name].isna() | (self[name] == 0)).all()
+        ]
+
     def _cells(self) -> list[list[str]]:
-        shown = {name: COST_COLUMNS.get(str(name), str) for name in self.columns}
+        shown = {name: COST_COLUMNS.get(name, str) for name in self.shown_columns()}
+        frame = self[list(shown)]
         return [[str(name) for name in shown]] + [
-            [show(value) for show, value in zip(shown.values(), row)] for row in self.itertuples(index=False)
+            [show(value) for show, value in zip(shown.values(), row)] for row in frame.itertuples(index=False)
         ]
 
     def __repr__(self) -> str:

@@ -33,6 +33,10 @@ __all__ = [
 
 #: Training work relative to a forward pass: the backward computes two products of the same size.
 TRAINING_PER_FORWARD = 3
+#: What averaging one element of an output over its positions costs, in multiply-adds of training: a
+#: reduction reads each element once and writes little (ViT-tiny's (64, 65, 192) outputs: 60 us against
+#: 93 ms for the layer's training, about 0.4 per element, CPU, 2 cores).
+POOLING_WEIGHT = 1.0
 #: Float32 values in a 64-byte cache line: rows kept denser than one in this many share the lines read.
 ROWS_PER_CACHE_LINE = 16
 
@@ -70,8 +74,9 @@ class LayerCost:
     features_in : int or None
         ``d_in`` of an affine layer that can take the input route; ``None``
         when it cannot.
-    map_weight : float
-        What one multiply-add of the float64 map ``W S_x W^T`` costs.
+    float64_weight : float
+        What one float64 multiply-add costs (the probe's moments are float64
+        whatever the covariance's precision).
     input_shared : bool
         Another layer computes the same input scatter in the same forward
         pass: this one pays only its map.
@@ -82,6 +87,11 @@ class LayerCost:
         Training multiply-adds per second on the layer's device
         (:func:`training_rate`), to turn work into an estimated time; ``0``
         where unknown.
+    probe_samples, probe_width : int
+        With live probes: samples per batch, and the width of their moment
+        rows (the features and the target columns); ``0`` without probes.
+    device : str
+        The type of the device the layer's state lives on.
     """
 
     layer: str
@@ -93,10 +103,29 @@ class LayerCost:
     pass_weight: float = 0.0
     gather_weight: float = 0.0
     features_in: int | None = None
-    map_weight: float = 1.0
+    float64_weight: float = 1.0
     input_shared: bool = False
     route: str = OUTPUT
     training_rate: float = 0.0
+    probe_samples: int = 0
+    probe_width: int = 0
+    device: str = "cpu"
+
+    @property
+    def rank(self) -> int:
+        """The most directions the layer's outputs can span: ``min(d_in, d)`` for an affine layer, else ``d``.
+
+        ``x W^T + b`` spans at most ``d_in`` directions however wide it is,
+        so a widening layer's covariance is as well estimated from ``n`` rows
+        as a ``d_in``-wide one: the budget gives rows per direction, not per
+        output feature.
+
+        Examples
+        --------
+        >>> LayerCost("qkv", 64, 576, 64, 192 * 576, features_in=192).rank
+        192
+        """
+        return min(self.features, self.features_in) if self.features_in else self.features
 
     @property
     def update_per_row(self) -> int:
@@ -123,7 +152,22 @@ class LayerCost:
         if route != INPUT:
             return 0.0
         d_in, d_out = self.features_in or 0, self.features
-        return d_out * d_in * (d_in + d_out / 2) * self.map_weight + 2 * d_out * d_out * self.pass_weight
+        # The map runs in the products' precision (float64 in exact mode, float32 under a budget).
+        # Both products of the map in full: its upper blocks alone are thin products that ran 4 times slower.
+        return d_out * d_in * (d_in + d_out) * self.product_weight + 2 * d_out * d_out * self.pass_weight
+
+    @property
+    def probe_work(self) -> float:
+        """What the probe costs per batch: pooling every row, and one moment row per sample.
+
+        A budget never samples it (the probe rests on every sample), so it is
+        paid first, out of the budget, on every batch.
+        """
+        if not self.probe_samples:
+            return 0.0
+        w = self.probe_width
+        pooling = self.rows * self.features * POOLING_WEIGHT
+        return self.probe_samples * w * (w + 1) // 2 * self.float64_weight + pooling
 
     @property
     def work_per_row(self) -> float:
@@ -144,7 +188,10 @@ class LayerCost:
 
     @property
     def work(self) -> float:
-        """What merging every row of a batch costs, in multiply-adds of training."""
+        """What merging every row of a batch into the covariance costs, in multiply-adds of training.
+
+        The probe's work (:attr:`probe_work`) comes on top.
+        """
         return self.rows * self.work_per_row + self.fixed_work(self.route)
 
     def kept_work(self, kept: float, route: str | None = None) -> float:
@@ -185,6 +232,21 @@ class LayerCost:
         0.00208
         """
         return rows * self.work_per_row / self.training_rate if self.training_rate > 0 else math.nan
+
+    def epoch_work(self, modes: int = 1) -> float:
+        """The epoch-end statistics of ``modes`` modes (their eigendecompositions), in multiply-adds of training.
+
+        Paid once an epoch, whatever the budget: an order of magnitude, as
+        :meth:`seconds`, from the device's time per ``d^3`` and its
+        :attr:`training_rate`.
+
+        Examples
+        --------
+        >>> LayerCost("fc", 32, 1000, 32, 10**6, training_rate=5e10).epoch_work()  # 0.25 s at 5e10 per s
+        12500000000.0
+        """
+        per_cube = _EPOCH_SECONDS_PER_CUBE.get(self.device, _EPOCH_SECONDS_PER_CUBE["cpu"])
+        return modes * per_cube * self.features**3 * self.training_rate
 
     @property
     def training(self) -> int:
@@ -227,6 +289,11 @@ _TRAINING_RATES: dict[tuple[str, bool], float] = {
 }
 #: Training multiply-adds per second assumed on a device of another type (MPS, XPU, ...).
 OTHER_TRAINING_RATE = 1e12
+
+#: ``device type -> seconds per d^3`` of one epoch-end computation of a layer and mode (the float64
+#: eigendecomposition that dominates it). CPU: measured on 2 cores (d = 384 to 1536); CUDA: an order of
+#: magnitude of cuSOLVER's float64 ``syevd`` at d = 1024, not measured here.
+_EPOCH_SECONDS_PER_CUBE: dict[str, float] = {"cpu": 2.5e-10, "cuda": 3e-11}
 
 
 def training_rate(device_type: str, training_dtype: torch.dtype) -> float:
@@ -273,17 +340,23 @@ def layer_cost(
     weights: CostWeights = UNIT_WEIGHTS,
     strided: bool = False,
     features_in: int | None = None,
-    map_weight: float | None = None,
+    float64_weight: float | None = None,
     input_shared: bool = False,
     rate: float = 0.0,
+    probe_samples: int = 0,
+    probe_width: int = 0,
+    device: str = "cpu",
 ) -> LayerCost:
     """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
 
     ``weights`` is :func:`relative_cost` for the layer's device and dtypes;
     ``strided`` says the observation's rows are not contiguous in memory;
-    ``features_in``, ``map_weight`` and ``input_shared`` describe the input
-    route where the layer can take it (see :class:`LayerCost`).
-    ``rate`` is :func:`training_rate` for the layer's device (``0``: unknown).
+    ``features_in`` and ``input_shared`` describe the input route where the
+    layer can take it, ``float64_weight`` what a float64 multiply-add costs
+    (see :class:`LayerCost`).
+    ``rate`` is :func:`training_rate` for the layer's device (``0``: unknown);
+    ``probe_samples`` and ``probe_width`` describe its live probe, if any;
+    ``device`` is the type of the device its state lives on.
 
     Examples
     --------
@@ -304,10 +377,13 @@ def layer_cost(
         weights.passes,
         gather,
         features_in,
-        weights.product if map_weight is None else map_weight,
+        weights.product if float64_weight is None else float64_weight,
         input_shared,
         OUTPUT,
         float(rate),
+        int(probe_samples),
+        int(probe_width),
+        device,
     )
 
 

@@ -3,14 +3,15 @@
 For ``y = W x + b`` (:mod:`delve.capture.affine`), a batch of ``n`` input
 rows with mean ``m_x`` and centred scatter ``S_x`` has output mean
 ``W m_x + b`` and output scatter ``W S_x W^T``. The scatter costs
-``n d_in^2 / 2`` multiply-adds and the map ``d_out d_in (d_in + d_out / 2)``,
+``n d_in^2 / 2`` multiply-adds and the map ``d_out d_in (d_in + d_out)``,
 whatever ``n``; the output Gram would cost ``n d_out^2 / 2``. Where a layer
 widens (attention's projections, an MLP's up projection, a pointwise
 expansion) and batches are tall, the input side is the cheaper exact route;
-:mod:`delve.budget` chooses per layer. The scatter is computed with the
-covariance's own product routes (its precision), the map in the state's
-float64 from the full-precision weights, every batch with that batch's
-weights. Layers reading the same input tensor in one forward pass (query, key
+:mod:`delve.budget` chooses per layer. The scatter and the map are computed
+in the covariance's own product precision (float64 in exact mode, float32
+where the precision allows it, as under a budget) from the full-precision
+weights, every batch with that batch's weights; the mean in the state's
+float64. Layers reading the same input tensor in one forward pass (query, key
 and value; gate and up projections) share one scatter (:class:`ScatterCache`).
 """
 
@@ -76,11 +77,18 @@ def input_scatter(rows: torch.Tensor, plan: ProductPlan) -> InputScatter:
 
 
 def mapped(
-    scatter: InputScatter, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    scatter: InputScatter,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    product_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool | torch.Tensor]:
-    """``(mean, scatter, accepted)`` of the outputs: ``W m_x + b``, ``W S_x W^T``, in ``dtype``.
+    """``(mean, scatter, accepted)`` of the outputs: ``W m_x + b`` in ``dtype``, ``W S_x W^T`` in ``product_dtype``.
 
-    Weights that are not finite reject the batch, as non-finite outputs would.
+    The map runs in the precision of the covariance's products (``dtype``
+    unless ``product_dtype`` says otherwise), as the output rows' Gram
+    product would. Weights that are not finite reject the batch, as
+    non-finite outputs would.
 
     Examples
     --------
@@ -89,11 +97,13 @@ def mapped(
     >>> mean.tolist(), comoment.tolist(), accepted
     ([1.5], [[0.0]], True)
     """
+    product_dtype = product_dtype or dtype
     w = weight.detach().to(dtype)
     mean = w @ scatter.mean.to(dtype)
     if bias is not None:
         mean = mean + bias.detach().to(dtype)
-    comoment = (w @ scatter.scatter.to(dtype)) @ w.T
+    w = w.to(product_dtype)
+    comoment = (w @ scatter.scatter.to(product_dtype)) @ w.T
     finite = all_finite(mean) & all_finite(comoment.diagonal())
     accepted = scatter.accepted
     if isinstance(accepted, torch.Tensor) or finite.device.type != "cpu":
@@ -137,7 +147,7 @@ def merge_mapped(moments: Moments, mapped_input: MappedInput, plan: ProductPlan)
     """
     view = mapped_input.view
     scatter = mapped_input.scatter(plan)
-    mean, comoment, accepted = mapped(scatter, view.weight, view.bias, plan.state_dtype)
+    mean, comoment, accepted = mapped(scatter, view.weight, view.bias, plan.state_dtype, plan.product_dtype)
     if plan.on_device:
         moments.add_batch_on_device(mean, comoment, scatter.count, accepted)  # type: ignore[arg-type]
     elif accepted:

@@ -26,6 +26,7 @@ from ..capture.observation import ObservationConfig
 from .input_route import ScatterCache
 from .precision import resolve_precision
 from .products import to_device
+from .targets import TargetSlot
 
 __all__ = ["LayerRoute", "check_affine", "input_source"]
 
@@ -48,6 +49,8 @@ class LayerRoute:
         The precision the layer's products are asked for.
     cache : ScatterCache, optional
         The tracker's cache of input scatters (layers reading one input share one).
+    targets : TargetSlot, optional
+        With live probes, where the targets are: the probe's work is costed too.
     """
 
     def __init__(
@@ -57,12 +60,14 @@ class LayerRoute:
         observation: ObservationConfig,
         precision: str,
         cache: ScatterCache | None = None,
+        targets: TargetSlot | None = None,
     ) -> None:
         self.name = name
         self.costs = costs
         self.observation = observation
         self.precision = precision
         self.cache = cache
+        self.targets = targets
         self._warned = False
 
     def view(
@@ -109,8 +114,9 @@ class LayerRoute:
         exact = resolve_precision(self.precision, rows.device) == "float64"
         product = torch.float64 if exact else torch.float32
         weights = relative_cost(rows.device.type, product, rows.dtype)
-        map_weight = relative_cost(rows.device.type, torch.float64, rows.dtype).product
+        float64_weight = relative_cost(rows.device.type, torch.float64, rows.dtype).product
         shared = view is not None and self.cache is not None and self.cache.holds(input_source(view), view.rows)
+        current = self.targets.current if self.targets is not None else None
         self.costs.note(
             layer_cost(
                 self.name,
@@ -121,11 +127,23 @@ class LayerRoute:
                 weights,
                 strided=not rows.is_contiguous(),
                 features_in=features_in,
-                map_weight=map_weight,
+                float64_weight=float64_weight,
                 input_shared=shared,
                 rate=training_rate(rows.device.type, rows.dtype),
+                probe_samples=self._probe_samples(output),
+                probe_width=rows.shape[-1] + (current.width if current is not None else 0),
+                device=rows.device.type,
             )
         )
+
+    def _probe_samples(self, output: Any) -> int:
+        """Samples per batch the probe merges: the targets' count, else the output's first axis; 0 without probes."""
+        if self.targets is None:
+            return 0
+        if self.targets.current is not None:
+            return self.targets.current.samples
+        tensor = output[0] if isinstance(output, (tuple, list)) and output else output
+        return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.ndim else 0
 
     def _keep_off(self, reason: str) -> None:
         self.costs.keep_off_input_route(self.name, reason)

@@ -71,7 +71,7 @@ class LayerRecorder:
         self.observer = observer
         self.modes: dict[str, LayerState] = {}
         self.route = LayerRoute(
-            name, settings.costs, settings.observation, settings.states.precision, settings.scatters
+            name, settings.costs, settings.observation, settings.states.precision, settings.scatters, settings.targets
         )
         self._warned_unpooled = False
         # Hooks may run concurrently (DataParallel replicas, user threads).

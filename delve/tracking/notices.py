@@ -36,6 +36,7 @@ class Notices:
         self._nonfinite: set[tuple[int, str | None, str]] = set()
         self._sparse: set[tuple[str | None, str]] = set()
         self._costly = False
+        self._probes = False
         self._empty = False
 
     def epoch(
@@ -53,6 +54,7 @@ class Notices:
         for state in states:  # each rank merged about its share of the rows
             rows[state.layer] = rows.get(state.layer, 0) + state.covariance.count / world
         self.costly(costs, rows, stacklevel=5)
+        self.probes_over_budget(costs, stacklevel=5)
         features = {state.layer: state.covariance.num_features for state in states if state.covariance.count}
         self.sparse(logged, features, costs, stacklevel=5)
         if notify_empty and not any(s.covariance.count or s.covariance.rejected_batches for s in states):
@@ -88,17 +90,22 @@ class Notices:
         """
         if costs.max_overhead is None:
             return
+        # An affine layer spans at most its input width: its rows are counted against that (the budget's rule).
+        ranks = {cost.layer: cost.rank for cost in costs.costs}
         for value in logged:
-            d = features.get(value.layer or "", 0)
+            width = features.get(value.layer or "", 0)
+            d = min(width, ranks.get(value.layer or "", width))
             key = (value.layer, value.mode)
             if value.statistic != ROWS or not d or value.value >= ROWS_PER_FEATURE * d or key in self._sparse:
                 continue
             self._sparse.add(key)
             needed = costs.overhead_for(value.layer or "", ROWS_PER_FEATURE * d / max(value.value, 1))
+            unit = "feature" if d == width else "direction"
+            spanned = f"{d} features" if d == width else f"the {d} directions its {width} outputs can span"
             advice = f"about max_overhead={needed:.2g} would give it that" if math.isfinite(needed) else ""
             warnings.warn(
-                f"{self.prefix}layer {value.layer!r} ({value.mode}) merged {value.value} rows for {d} features in this "
-                f"epoch, fewer than {ROWS_PER_FEATURE} per feature: its spectrum is mostly sampling noise; "
+                f"{self.prefix}layer {value.layer!r} ({value.mode}) merged {value.value} rows for {spanned} in this "
+                f"epoch, fewer than {ROWS_PER_FEATURE} per {unit}: its spectrum is mostly sampling noise; "
                 f"{advice or 'it has fewer rows than that in the whole epoch'}",
                 RuntimeWarning,
                 stacklevel=stacklevel,
@@ -135,6 +142,20 @@ class Notices:
             "multiply-adds per row. SaturationTracker(..., max_overhead=0.05) records a random subset of rows "
             "within a 5 % budget; tracker.cost() shows the estimate per layer",
             UserWarning,
+            stacklevel=stacklevel,
+        )
+
+    def probes_over_budget(self, costs: CostModel, stacklevel: int = 4) -> None:
+        """Warn once when the live probes alone are estimated to cost more than the budget."""
+        share = costs.probe_share()
+        if self._probes or share <= 1.0:
+            return
+        self._probes = True
+        warnings.warn(
+            f"{self.prefix}the live probes alone are estimated at {share:.1f} times the budget "
+            f"(max_overhead={costs.max_overhead}): they rest on every sample, so the covariances keep the fewest "
+            "rows; raise max_overhead, or track fewer layers (tracker.cost() shows the probe column)",
+            RuntimeWarning,
             stacklevel=stacklevel,
         )
 

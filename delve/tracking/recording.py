@@ -49,6 +49,7 @@ class ModelRecording:
         self.recorders = LayerRecorders({layer.name: layer.observer for layer in self.layers}, self.settings)
         self.modules = {layer.name: layer.module for layer in self.layers}
         self.order = ForwardOrder()
+        self.epochs: dict[str, tuple[int, int]] = {}  # layer -> (training batches, modes) of the last epoch
         self.handles = attach_hooks(owner, self.modules, self.recorders, self.order)
         self.input_shape = InputShape(config.modules)
         self.facts = LayerFactsSource(config.modules, self.layers, self.input_shape, config.observation.conv_method)
@@ -67,6 +68,12 @@ class ModelRecording:
     def states(self, taken: Mapping[str, Mapping[str, LayerState]]) -> list[LayerState]:
         """States taken off the recorders, merged over the ranks (unless ``sync_ranks=False``), in forward order."""
         config = self.config
+        # What the last epoch held, for the epoch-end column of the cost table.
+        self.epochs = {
+            layer: (modes["train"].forward_calls if "train" in modes else 0, len(modes))
+            for layer, modes in taken.items()
+            if modes
+        }
         return merge_over_ranks(
             taken, self.layer_names, self.settings.states.new, config.process_group, self.devices(), config.sync_ranks
         )
@@ -85,7 +92,7 @@ class ModelRecording:
 
     def cost(self) -> pd.DataFrame:
         """The cost table of the layers seen so far (``RuntimeError`` before any forward pass)."""
-        table = self.settings.costs.frame(self.layer_names)
+        table = self.settings.costs.frame(self.layer_names, self.epochs)
         if table.empty:
             raise RuntimeError(
                 "tracker.cost() estimates each layer's cost from the shapes of its first recorded forward pass, "

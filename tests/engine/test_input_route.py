@@ -78,6 +78,22 @@ def test_in_float32_the_route_is_exact_up_to_the_forward_pass_rounding() -> None
     assert 0 < rel_fro(values["train-covariance-matrix_linear"], np_cov(np.concatenate(seen))) < 1e-6
 
 
+def test_in_float32_precision_the_map_runs_in_float32_within_its_rounding() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 192).double()
+    seen, handle = captured(layer)
+    tracker = SaturationTracker("r", modules=layer, stats=["cov"], nosave=True, precision="float32")
+    with torch.no_grad():
+        for _ in range(3):
+            layer(torch.randn(1024, 24, dtype=torch.float64) + 3)
+    assert routes(tracker) == {"linear": "input"}
+    values = tracker.add_saturations()
+    tracker.close()
+    handle.remove()
+    # Float64 outputs, float32 scatter and map: off by float32 rounding, not more.
+    assert 1e-12 < rel_fro(values["train-covariance-matrix_linear"], np_cov(np.concatenate(seen))) < 1e-5
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_a_pointwise_convolution_maps_the_input_positions_it_reads(stride: int) -> None:
     torch.manual_seed(0)

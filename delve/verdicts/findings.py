@@ -4,8 +4,10 @@ These are heuristics of the saturation papers, not proofs: each finding says
 what it saw. The thresholds are the fields of :class:`Thresholds` (tunable):
 
 * **too-few-rows**: the last epoch's values rest on fewer than
-  ``rows_per_feature`` rows per feature (below one per feature they are
-  missing altogether). Nothing else is judged on them.
+  ``rows_per_feature`` rows per direction the layer's outputs can span (its
+  width, or its rank bound where smaller, as the budget counts rows; below
+  one row per feature the values are missing altogether). Nothing else is
+  judged on them.
 * **dead**: the layer's outputs do not vary (no direction holds variance).
 * **idle-width**: ``k``, the fewest directions holding ``sat_threshold`` of
   the variance, is at most ``idle_share`` of the directions the layer can use,
@@ -233,10 +235,15 @@ def _judge_layer(
     if not fact.width:
         return  # nothing to judge a width against
     # Rows are logged when they are few (or under a budget): a missing saturation without them was not asked for.
-    if not math.isnan(rows) and (math.isnan(value) or rows < thresholds.rows_per_feature * fact.width):
+    # Counted per direction the outputs can span, as the budget counts them: a widening layer needs no more rows.
+    directions = min(fact.width, fact.bound) if fact.bound else fact.width
+    if not math.isnan(rows) and (math.isnan(value) or rows < thresholds.rows_per_feature * directions):
         found.append("too-few-rows")
         shown = "fewer rows than features" if math.isnan(value) else f"{int(rows)} rows"
-        evidence.append(f"{shown} for {fact.width} features ({thresholds.rows_per_feature} per feature wanted)")
+        spans = f"the {directions} directions its {fact.width} features can span" if directions < fact.width else (
+            f"{fact.width} features"
+        )
+        evidence.append(f"{shown} for {spans} ({thresholds.rows_per_feature} per direction wanted)")
         report.loc[index, "action"] = (
             f"Record more rows for {name}: a longer epoch, or a larger max_overhead; its values are noise until then."
         )

@@ -204,6 +204,10 @@ class TensorBoardWriter(AbstractWriter):
             logger.debug("TensorBoardWriter does not log %s (array of shape %s)", name, array.shape)
             return
         if array.shape[0] == array.shape[1]:
+            if not np.isfinite(array).all():
+                # A covariance too few rows support is logged as missing: it has no spectrum to show.
+                logger.debug("TensorBoardWriter does not log %s (missing values)", name)
+                return
             spectrum = eigenvalues(torch.from_numpy(np.asarray(array, dtype=np.float64))).numpy()
             with writing(self, self.logdir):
                 tag = layer_tag(stat, mode, layer, SPECTRUM_LABEL)

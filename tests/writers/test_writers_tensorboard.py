@@ -271,6 +271,15 @@ def test_histogram_values_match_numpy_eigenvalues(tmp_path, ref):
     assert histogram.histogram_value.sum_squares == pytest.approx((values**2).sum(), rel=1e-9)
 
 
+def test_a_missing_covariance_logs_no_histogram_and_prints_nothing(tmp_path, capfd):
+    writer = TensorBoardWriter(str(tmp_path / "run"))
+    writer.add_array("train-covariance-matrix_fc", np.full((3, 3), np.nan), 0)  # too few rows: missing
+    writer.add_array("train-covariance-matrix_head", np.eye(2), 0)
+    writer.close()
+    assert accumulate(tmp_path / "run").Tags()["histograms"] == ["03-covariance-eigenvalues-by-layer/train/head"]
+    assert "NaN" not in capfd.readouterr().out  # tensorboardX prints a line for each non-finite histogram
+
+
 def test_other_add_calls_are_forwarded_with_epoch_as_step(tmp_path):
     model = _model()
     tracker = SaturationTracker(str(tmp_path / "run"), save_to="tb", modules=model)

@@ -129,7 +129,7 @@ def transient_peaks(model: nn.Module, batch: torch.Tensor, tracker: SaturationTr
     peaks = {}
     for name, output in observed.items():
         layer = next(layer for layer in tracker.layers if layer.name == name)
-        rows = observe(layer.module, output, tracker.observation, name)
+        rows = observe(layer.module, output, tracker.config.observation, name)
         acc = TorchCovarianceMatrix(precision=tracker.precision)
         acc.update_rows(rows)  # allocate the state first, outside the profile
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -19,6 +19,7 @@ from .capture.observation import ObservationConfig, register_observer
 from .engine.accumulator import Accumulator, Batch
 from .engine.activity import MeanAbsoluteActivity
 from .engine.covariance import EmptyCovarianceError, TorchCovarianceMatrix
+from .output.report import format_report
 from .output.results import load_results, recompute
 from .pca import (
     Conv2DPCALayer,
@@ -42,6 +43,7 @@ from .statistics.registry import Statistic, register_statistic
 from .statistics.spectra import eigenvalues, spectra, spectrum
 from .tracking.tracker import CheckLayerSat, SaturationTracker
 from .verdicts import receptive_field
+from .verdicts.findings import Thresholds
 from .writers.registry import register_writer
 
 __version__ = "0.2.0"
@@ -81,5 +83,7 @@ __all__ = [
     "change_all_pca_layer_thresholds",
     "change_all_pca_layer_thresholds_and_inject_random_directions",
     "receptive_field",
+    "Thresholds",
+    "format_report",
     "__version__",
 ]

@@ -6,6 +6,7 @@ Subcommands::
     delve plot RUN [--out DIR] [--epochs all]  redraw the figures from a run's CSV
     delve recompute NPY_DIR --threshold 0.95   saturation at another threshold, from saved covariances
     delve summary RUN [--stat lsat]            the last epoch's per-layer table
+    delve report RUN                           the findings: what the numbers suggest changing
 
 ``RUN`` is the tracker's ``savefile`` (``runs/vgg``), its CSV
 (``runs/vgg.csv``), or a folder holding several runs' CSVs (``delve-demo``),
@@ -26,9 +27,11 @@ from .output.formats.csv import write_csv
 from .output.formats.record import read_record
 from .output.layout import csv_path, find_runs, plot_dir, run_name
 from .output.plotting import plot_results
+from .output.report import format_report
 from .output.results import load_results, recompute, wide
 from .output.summary import format_summary
 from .statistics.registry import STATISTICS, logged_name
+from .verdicts.facts import report_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -155,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this statistic, by key or logged name, e.g. lsat or saturation (repeatable)",
     )
     summary.set_defaults(handler=_run_summary)
+
+    report = commands.add_parser(
+        "report",
+        help="print a run's findings: the tail, idle width, dead layers, too few rows, with actions",
+        description="Judge a run from its files: per layer the last epoch's saturation, k, rows, receptive field "
+        "and probe accuracy, then the findings in words (what was seen, what to change). Exit code 0 also when "
+        "there is nothing to change.",
+    )
+    report.add_argument("run", metavar="RUN", help="the tracker's savefile (runs/vgg), its CSV, or a folder of runs")
+    report.set_defaults(handler=_run_report)
     return parser
 
 
@@ -246,6 +259,22 @@ def _run_summary(args: argparse.Namespace) -> int:
                 print()
             print(f"== {run_name(run)} ({csv_path(run)})")
         print(format_summary(results, args.epoch, args.stat, read_record(run)))
+    return EXIT_OK
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    runs = _runs(args.run)
+    for index, run in enumerate(runs):
+        results = load_results(run)
+        per_layer = results[results["layer"].notna()] if not results.empty else results
+        if per_layer.empty:
+            raise _InputError(f"{csv_path(run)} holds no per-layer values to judge")
+        if len(runs) > 1:
+            if index:
+                print()
+            print(f"== {run_name(run)} ({csv_path(run)})")
+        record = read_record(run)
+        print(format_report(report_of(results, record), record, int(per_layer["epoch"].max())))
     return EXIT_OK
 
 

@@ -8,37 +8,28 @@ tokens). So a widening layer (attention's ``qkv``, an MLP's up-projection, a
 depthwise convolution) pays more for tracking than for training.
 :class:`LayerCost` holds both, estimated from the shapes seen at the layer's
 first recorded forward pass, with what the device makes each elementary
-operation cost (:func:`relative_cost`).
+operation cost (:func:`~delve.budget.device_costs.relative_cost`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .device_costs import EPOCH_SECONDS_PER_CUBE, POOLING_WEIGHT, ROWS_PER_CACHE_LINE, UNIT_WEIGHTS, CostWeights
+
 __all__ = [
     "LayerCost",
-    "CostWeights",
     "layer_cost",
-    "relative_cost",
-    "training_rate",
-    "UNIT_WEIGHTS",
     "OUTPUT",
     "INPUT",
 ]
 
 #: Training work relative to a forward pass: the backward computes two products of the same size.
 TRAINING_PER_FORWARD = 3
-#: What averaging one element of an output over its positions costs, in multiply-adds of training: a
-#: reduction reads each element once and writes little (ViT-tiny's (64, 65, 192) outputs: 60 us against
-#: 93 ms for the layer's training, about 0.4 per element, CPU, 2 cores).
-POOLING_WEIGHT = 1.0
-#: Float32 values in a 64-byte cache line: rows kept denser than one in this many share the lines read.
-ROWS_PER_CACHE_LINE = 16
 
 
 #: The two exact routes of a layer's covariance (:mod:`delve.engine.input_route`).
@@ -65,7 +56,7 @@ class LayerCost:
     product_weight, pass_weight : float
         What one multiply-add of the Gram product, and one element of a
         pass over the rows (copy, convert, shift), cost in multiply-adds of
-        the layer's training (see :func:`relative_cost`).
+        the layer's training (see :func:`~delve.budget.device_costs.relative_cost`).
     gather_weight : float
         What picking one element of a sampled row out of the batch costs on
         top, in the same unit: zero where rows lie contiguous (a linear
@@ -85,7 +76,7 @@ class LayerCost:
         input scatter mapped through the weights).
     training_rate : float
         Training multiply-adds per second on the layer's device
-        (:func:`training_rate`), to turn work into an estimated time; ``0``
+        (:func:`~delve.budget.device_costs.training_rate`), to turn work into an estimated time; ``0``
         where unknown.
     probe_samples, probe_width : int
         With live probes: samples per batch, and the width of their moment
@@ -245,90 +236,13 @@ class LayerCost:
         >>> LayerCost("fc", 32, 1000, 32, 10**6, training_rate=5e10).epoch_work()  # 0.25 s at 5e10 per s
         12500000000.0
         """
-        per_cube = _EPOCH_SECONDS_PER_CUBE.get(self.device, _EPOCH_SECONDS_PER_CUBE["cpu"])
+        per_cube = EPOCH_SECONDS_PER_CUBE.get(self.device, EPOCH_SECONDS_PER_CUBE["cpu"])
         return modes * per_cube * self.features**3 * self.training_rate
 
     @property
     def training(self) -> int:
         """Multiply-adds of the layer's forward and backward pass on a batch."""
         return TRAINING_PER_FORWARD * self.weight_elements * self.applications
-
-
-class CostWeights(NamedTuple):
-    """Tracking's elementary costs in multiply-adds of training (see :func:`relative_cost`)."""
-
-    product: float
-    passes: float
-    gather: float
-
-
-#: ``(device type, training dtype is half) -> (product weight per product dtype, pass, strided gather)``.
-#: CPU figures are measured on 2 cores (docs/performance.rst: float64 and float32 upper-block
-#: products of the VGG-style CNN against its training step, the copy-and-shift pass, and picking
-#: sampled rows out of its (N, H*W, C) views: 5 ns per element inside a step, one cache line each). GPU
-#: figures are the ratios of datasheet peaks (an H100's float64 and float32 against bf16 tensor
-#: cores), not measured; a strided gather there reads a 32-byte sector per 4-byte element.
-_RELATIVE_COSTS: dict[tuple[str, bool], tuple[dict[torch.dtype, float], float, float]] = {
-    ("cpu", False): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0, 300.0),
-    ("cpu", True): ({torch.float64: 5.0, torch.float32: 2.2}, 24.0, 300.0),
-    ("cuda", False): ({torch.float64: 1.0, torch.float32: 1.0}, 4.0, 32.0),
-    ("cuda", True): ({torch.float64: 15.0, torch.float32: 15.0}, 4.0, 32.0),
-}
-
-
-#: ``(device type, training dtype is half) -> training multiply-adds per second``: orders of magnitude
-#: that turn an estimated work into an estimated time, not measurements of the machine at hand. The
-#: CPU figure is the MLP of docs/performance.rst on 2 cores (about 9e10 in a bare step), rounded down;
-#: the CUDA figures are about half the datasheet peaks of current data-centre GPUs (float32 without
-#: TensorFloat-32, and bf16/fp16 tensor cores). Other devices get :data:`OTHER_TRAINING_RATE`.
-_TRAINING_RATES: dict[tuple[str, bool], float] = {
-    ("cpu", False): 5e10,
-    ("cpu", True): 5e10,
-    ("cuda", False): 1e13,
-    ("cuda", True): 1e14,
-}
-#: Training multiply-adds per second assumed on a device of another type (MPS, XPU, ...).
-OTHER_TRAINING_RATE = 1e12
-
-#: ``device type -> seconds per d^3`` of one epoch-end computation of a layer and mode (the float64
-#: eigendecomposition that dominates it). CPU: measured on 2 cores (d = 384 to 1536); CUDA: an order of
-#: magnitude of cuSOLVER's float64 ``syevd`` at d = 1024, not measured here.
-_EPOCH_SECONDS_PER_CUBE: dict[str, float] = {"cpu": 2.5e-10, "cuda": 3e-11}
-
-
-def training_rate(device_type: str, training_dtype: torch.dtype) -> float:
-    """Training multiply-adds per second assumed on a device: an order of magnitude, to estimate times.
-
-    Examples
-    --------
-    >>> training_rate("cpu", torch.float32), training_rate("cuda", torch.bfloat16)
-    (50000000000.0, 100000000000000.0)
-    """
-    half = training_dtype in (torch.float16, torch.bfloat16)
-    return _TRAINING_RATES.get((device_type, half), OTHER_TRAINING_RATE)
-
-
-#: Every elementary cost counted as one training multiply-add, passes and gathers as free.
-UNIT_WEIGHTS = CostWeights(1.0, 0.0, 0.0)
-
-
-def relative_cost(device_type: str, product_dtype: torch.dtype, training_dtype: torch.dtype) -> CostWeights:
-    """Tracking's product multiply-adds, element passes and strided gathers in training multiply-adds.
-
-    A float64 product multiply-add costs more than a training one (float32,
-    or half precision on tensor cores); a pass over the rows is bound by
-    memory, not arithmetic; and picking a sampled row out of a strided view
-    reads each element from its own cache line. Unknown devices count each
-    as one training multiply-add.
-
-    Examples
-    --------
-    >>> relative_cost("cpu", torch.float64, torch.float32)
-    CostWeights(product=5.0, passes=24.0, gather=300.0)
-    """
-    half = training_dtype in (torch.float16, torch.bfloat16)
-    products, passes, gather = _RELATIVE_COSTS.get((device_type, half), ({}, 1.0, 1.0))
-    return CostWeights(products.get(product_dtype, 1.0), passes, gather)
 
 
 def layer_cost(
@@ -349,7 +263,7 @@ def layer_cost(
 ) -> LayerCost:
     """The :class:`LayerCost` of ``module`` from its output and its observation's shape.
 
-    ``weights`` is :func:`relative_cost` for the layer's device and dtypes;
+    ``weights`` is :func:`~delve.budget.device_costs.relative_cost` for the layer's device and dtypes;
     ``strided`` says the observation's rows are not contiguous in memory;
     ``features_in`` and ``input_shared`` describe the input route where the
     layer can take it, ``float64_weight`` what a float64 multiply-add costs

@@ -106,7 +106,10 @@ class RunRecord:
     layer is: its module's class and shape (``descriptions``, known when the
     tracker is built) and its width ``d`` (``widths``, known from the
     layer's first recorded forward pass), so figures and tables of a run
-    read back show them.
+    read back show them. ``facts`` holds what the findings of a report need
+    beyond the values (:mod:`delve.verdicts.facts`): per layer its rank bound
+    and, for a convolution, its receptive field against the input, in plain
+    JSON types.
 
     Examples
     --------
@@ -126,6 +129,8 @@ class RunRecord:
     widths: Mapping[str, int] = field(default_factory=dict, hash=False)
     #: Layer -> its module's class and shape, e.g. ``"Linear 256->256"``.
     descriptions: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: Layer -> ``{"bound": ..., "rf_min": ..., "beyond_input": ..., ...}`` (see :mod:`delve.verdicts.facts`).
+    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
 
     def classify(self, name: str) -> tuple[str | None, str | None, str]:
         """``(mode, layer, statistic)`` of a value this record describes, else ``(None, None, name)``."""
@@ -150,11 +155,12 @@ class RunRecord:
             "mode_statistics": list(self.mode_statistics),
             "widths": dict(self.widths),
             "descriptions": dict(self.descriptions),
+            "facts": {layer: dict(entry) for layer, entry in self.facts.items()},
         }
 
     @classmethod
     def from_dict(cls, content: Mapping[str, Any]) -> RunRecord:
-        """Inverse of :meth:`to_dict` (records without widths or descriptions too); ``ValueError`` otherwise."""
+        """Inverse of :meth:`to_dict` (records without widths, descriptions or facts too); ``ValueError`` otherwise."""
         try:
             return cls(
                 layers=_strings(content["layers"]),
@@ -162,9 +168,15 @@ class RunRecord:
                 mode_statistics=_strings(content.get("mode_statistics", ())),
                 widths={str(layer): int(d) for layer, d in dict(content.get("widths", {})).items()},
                 descriptions={str(layer): str(text) for layer, text in dict(content.get("descriptions", {})).items()},
+                facts={str(layer): _plain(dict(entry)) for layer, entry in dict(content.get("facts", {})).items()},
             )
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise ValueError(f"not a run record: {error!r}") from error
+
+
+def _plain(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer's facts as written, with JSON's lists back as tuples (a 2-D field is a tuple)."""
+    return {str(key): tuple(value) if isinstance(value, list) else value for key, value in entry.items()}
 
 
 def _strings(values: Iterable[Any]) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..budget.cost_model import CostModel
-from ..budget.layer_cost import INPUT, layer_cost, relative_cost, training_rate
+from ..budget.device_costs import relative_cost, training_rate
+from ..budget.layer_cost import INPUT, layer_cost
 from ..capture.affine import AffineView, NotAffine, affine_view
 from ..capture.observation import ObservationConfig
 from .input_route import ScatterCache

@@ -8,7 +8,9 @@ solution is ``(Sxx + lambda I)^-1 Sxy`` (:mod:`delve.statistics.probes`). So
 like a layer's covariance, across batches and ranks. A probe's accuracy needs
 each sample's prediction, so it also keeps a uniform sample of ``[x, class]``
 rows: every row while they fit in :data:`PROBE_SAMPLE_BYTES`, a uniform
-sample of that many bytes beyond.
+sample of that many bytes beyond. Offered rows wait in a list until a
+quarter of that is pending, then join the sample in one selection: merging
+every batch into the growing sample would copy it whole each time.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ProbeMoments(Accumulator):
     >>> labels = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
     >>> one_hot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
     >>> probe.accumulate(Batch(x, samples=x, targets=one_hot, labels=labels))
+    >>> probe.settle()  # brings the sample up to date before it is read
     >>> probe.features, probe.joint.count, probe.sample[1].shape
     (2, 3, torch.Size([3, 3]))
     """
@@ -50,6 +53,8 @@ class ProbeMoments(Accumulator):
         super().__init__()
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # offered (keys, rows), not yet selected
+        self._pending_rows = 0
         self.features: int | None
         self.target_kind: int | None
         self.joint: Moments | None
@@ -130,9 +135,26 @@ class ProbeMoments(Accumulator):
         keys = torch.rand(rows.shape[0], generator=generator, device=rows.device, dtype=torch.float64)
         if isinstance(accepted, torch.Tensor):
             keys.masked_fill_(~accepted, math.inf)
+        self._pending.append((keys, rows))
+        self._pending_rows += rows.shape[0]
+        if self._pending_rows * 4 >= self.states.kinds["sample"].capacity(rows.shape[1]):
+            self._select()
+
+    def _select(self) -> None:
+        """Merge the pending rows into the sample: one concatenation and one selection for all of them."""
+        if not self._pending:
+            return
+        keys = torch.cat([keys for keys, _ in self._pending])
+        rows = torch.cat([rows for _, rows in self._pending])
+        self._pending, self._pending_rows = [], 0
         self.sample = self.states.kinds["sample"].merge(self.sample, (keys, rows))
 
+    def assign(self, values: dict) -> None:
+        self._pending, self._pending_rows = [], 0  # replaced state: what was pending belonged to the old one
+        super().assign(values)
+
     def settle(self) -> None:
+        self._select()
         moments = self.joint
         if moments is not None and moments.device_count is not None:
             moments.count = int(moments.device_count.item())

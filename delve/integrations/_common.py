@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..output.report import format_report
 from ..tracking.parameters import TrackerConfig
 from ..tracking.tracker import SaturationTracker
 
@@ -28,6 +29,7 @@ __all__ = [
     "batch_targets",
     "checkpoint_state",
     "restore_checkpoint_state",
+    "report_text",
 ]
 
 #: Layout version of the dictionaries :func:`checkpoint_state` returns.
@@ -177,6 +179,26 @@ def scalar_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, int
         # JSON logs (Hugging Face's log_history) take Python numbers, not numpy ones.
         metrics[prefix + name] = int(value) if isinstance(value, numbers.Integral) else float(value)
     return metrics
+
+
+def report_text(tracker: SaturationTracker) -> str | None:
+    """The tracker's report as the callbacks print it when training ends; ``None`` before any epoch was computed.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> with SaturationTracker("run", modules=nn.Linear(4, 2), nosave=True) as tracker:
+    ...     print(report_text(tracker))
+    ...     _ = tracker.layers[0].module(torch.randn(64, 4))
+    ...     _ = tracker.add_saturations()
+    ...     print(report_text(tracker).splitlines()[0])
+    None
+    delve report, epoch 0: 1 layer, no findings
+    """
+    report = tracker.report()
+    if report.empty:
+        return None
+    return format_report(report, tracker.run_record, tracker.epoch - 1)
 
 
 def _group_rank_and_size(group: Any) -> tuple[int, int]:

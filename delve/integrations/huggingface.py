@@ -34,7 +34,14 @@ except ImportError as _error:
 
 from ..tracking.tracker import SaturationTracker
 from ..writers.base import AbstractWriter
-from ._common import build_tracker, check_tracker_arguments, checkpoint_state, restore_checkpoint_state, scalar_metrics
+from ._common import (
+    build_tracker,
+    check_tracker_arguments,
+    checkpoint_state,
+    report_text,
+    restore_checkpoint_state,
+    scalar_metrics,
+)
 
 __all__ = ["SaturationCallback", "STATE_FILE"]
 
@@ -60,7 +67,9 @@ class SaturationCallback(TrainerCallback):
       name without an ``eval_`` prefix) at the current ``global_step``;
     * with ``save_to`` or ``savefile`` given, delve's own writers (CSV, plots,
       NPY...) also write everything, arrays included;
-    * :attr:`last_values` holds the full dictionary of the last computation.
+    * :attr:`last_values` holds the full dictionary of the last computation;
+    * when training ends, the report (:meth:`~delve.SaturationTracker.report`)
+      is printed by the main process, as the Trainer prints its logs.
 
     The tracker state is saved in every checkpoint folder as
     :data:`STATE_FILE` (``torch.save``, loadable with ``weights_only=True``)
@@ -92,6 +101,8 @@ class SaturationCallback(TrainerCallback):
         left over at the end of training are computed at ``on_train_end``.
     prefix : str
         Put in front of every reported name, e.g. ``"delve/"``.
+    report : bool
+        Print the report when training ends.
     **tracker_kwargs
         Any other :class:`~delve.SaturationTracker` argument, checked here.
         ``modules`` and ``nosave`` are set by the callback.
@@ -133,6 +144,7 @@ class SaturationCallback(TrainerCallback):
         stats: Sequence[str] = ("lsat",),
         interval: int | str | None = None,
         prefix: str = "",
+        report: bool = True,
         **tracker_kwargs: Any,
     ) -> None:
         if (
@@ -147,6 +159,7 @@ class SaturationCallback(TrainerCallback):
         self.stats = list(stats) if not isinstance(stats, str) else [stats]
         self.interval = interval
         self.prefix = str(prefix)
+        self.report = bool(report)
         self.tracker_kwargs = dict(tracker_kwargs)
         self.tracker: SaturationTracker | None = None
         self.last_values: dict[str, Any] = {}
@@ -201,6 +214,9 @@ class SaturationCallback(TrainerCallback):
         leftover = self._steps is not None and state.global_step % self._steps != 0
         if self._due or leftover:
             self._compute_and_report(state)
+        text = report_text(self.tracker) if self.report and state.is_world_process_zero else None
+        if text is not None:
+            print(text)  # as the Trainer prints its logs (PrinterCallback)
         self._close_tracker()
 
     def _close_tracker(self) -> None:

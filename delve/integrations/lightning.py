@@ -21,6 +21,7 @@ try:
     import torch
     from lightning.pytorch import LightningModule, Trainer
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities import rank_zero_info
 except ImportError as _error:
     from ._common import missing_framework
 
@@ -33,6 +34,7 @@ from ._common import (
     build_tracker,
     check_tracker_arguments,
     checkpoint_state,
+    report_text,
     restore_checkpoint_state,
     scalar_metrics,
 )
@@ -62,6 +64,10 @@ class SaturationCallback(Callback):
       by epoch;
     * :attr:`last_values` holds the full dictionary of the last epoch.
 
+    When ``fit`` ends, the report (:meth:`~delve.SaturationTracker.report`:
+    the layers, then the findings in words) is printed through Lightning's
+    own logger, as Lightning prints its model summary (``report=False``: not).
+
     Under DDP every rank records its own batches, the ranks are merged
     exactly at the end of each epoch, and only global rank zero logs and
     writes. The tracker state travels in Lightning checkpoints, mid-epoch
@@ -88,6 +94,8 @@ class SaturationCallback(Callback):
         the targets of a training or validation batch for the live probes.
         By default ``y`` of an ``(x, y)`` batch, or a dict batch's
         ``labels`` (:func:`~delve.integrations._common.batch_targets`).
+    report : bool
+        Print the report when ``fit`` ends (on global rank zero).
     **tracker_kwargs
         Any other :class:`~delve.SaturationTracker` argument
         (``layer_filter``, ``sat_threshold``, ``conv_method``,
@@ -123,6 +131,7 @@ class SaturationCallback(Callback):
         stats: Sequence[str] = ("lsat",),
         prefix: str = "",
         targets: Callable[[Any], torch.Tensor | None] | None = None,
+        report: bool = True,
         **tracker_kwargs: Any,
     ) -> None:
         check_tracker_arguments(type(self).__name__, savefile, save_to, stats, tracker_kwargs)
@@ -133,6 +142,7 @@ class SaturationCallback(Callback):
         self.save_to = save_to
         self.stats = list(stats) if not isinstance(stats, str) else [stats]
         self.prefix = str(prefix)
+        self.report = bool(report)
         self.tracker_kwargs = dict(tracker_kwargs)
         self.tracker: SaturationTracker | None = None
         self.last_values: dict[str, Any] = {}
@@ -168,6 +178,11 @@ class SaturationCallback(Callback):
         self._fit_epoch, self._epoch_open, self._paused = None, False, False
         if self._restored is not None:
             self._apply_restored()
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        text = report_text(self.tracker) if self.report and self.tracker is not None else None
+        if text is not None:
+            rank_zero_info(text)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":

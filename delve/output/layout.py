@@ -9,6 +9,7 @@ For ``savefile="runs/vgg"``::
     runs/vgg/plots/saturation_train_epoch_00003.png   per-layer profile of one epoch (an option)
     runs/vgg/plots/saturation_train_heatmap.png       layers x epochs, redrawn each epoch
     runs/vgg/plots/average-saturation_history.png     the layer average over epochs
+    runs/vgg/plots/verdicts.png                       the report as a figure: saturation, probes, border, tail
     runs/vgg/npy/<value name>/epoch_00003.npy         one folder per logged value
     runs/vgg/npy/counters.json                        folder -> value name, epochs written
     runs/vgg/npy.zip                      optional archive of exactly runs/vgg/npy
@@ -38,6 +39,7 @@ __all__ = [
     "profile_filename",
     "heatmap_filename",
     "history_filename",
+    "verdict_filename",
     "PROFILE_PATTERN",
     "run_name",
     "find_runs",
@@ -176,6 +178,17 @@ def history_filename(stat: str) -> str:
     'average-saturation_history.png'
     """
     return f"{safe_filename(stat)}_history.png"
+
+
+def verdict_filename() -> str:
+    """PNG name of the verdict figure (the report drawn: saturation, probes, border, tail, findings), redrawn.
+
+    Examples
+    --------
+    >>> verdict_filename()
+    'verdicts.png'
+    """
+    return "verdicts.png"
 
 
 def run_name(savepath: str | Path) -> str:

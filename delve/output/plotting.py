@@ -13,9 +13,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from ..common.naming import RunRecord
-from ..statistics.registry import logged_name
+from ..statistics.registry import STATISTICS, logged_name
+from ..verdicts.facts import facts_of, report_of
 from .figures import (
     DEFAULT_FONTSIZE,
     axis_limits,
@@ -27,10 +29,12 @@ from .figures import (
     profile_figure,
     save_figure,
 )
-from .layout import heatmap_filename, history_filename, profile_filename
+from .layout import heatmap_filename, history_filename, profile_filename, verdict_filename
+from .verdict_figure import verdict_figure, verdict_series
 
 __all__ = [
     "plot_results",
+    "draw_verdicts",
     "find_primary_metric",
     "axis_limits",
     "new_figure",
@@ -61,8 +65,9 @@ def plot_results(
     ``<stat>_<mode>_epoch_<NNNNN>.png``. For every mode of each statistic in
     ``heatmap_stats``: ``<stat>_<mode>_heatmap.png`` over all epochs of
     ``results``. For every value over all layers (the average saturation):
-    ``<stat>_history.png`` over all epochs, both modes in one figure. File
-    names are :mod:`delve.output.layout`'s. The plot writer and ``delve
+    ``<stat>_history.png`` over all epochs, both modes in one figure. When
+    the run logged training saturation: the report drawn, ``verdicts.png``
+    (:func:`draw_verdicts`). File names are :mod:`delve.output.layout`'s. The plot writer and ``delve
     plot`` draw through this function, so a run's figures redrawn from its
     files are the ones drawn during training.
 
@@ -96,7 +101,7 @@ def plot_results(
     >>> results = pd.DataFrame({"epoch": [0, 1], "mode": ["train"] * 2, "layer": ["fc"] * 2,
     ...                         "stat": ["saturation"] * 2, "value": [0.5, 0.25]})
     >>> [p.name for p in plot_results(results, tempfile.mkdtemp())]
-    ['saturation_train_profile.png', 'saturation_train_heatmap.png']
+    ['saturation_train_profile.png', 'saturation_train_heatmap.png', 'verdicts.png']
     >>> [p.name for p in plot_results(results, tempfile.mkdtemp(), epochs="all")][:2]
     ['saturation_train_epoch_00000.png', 'saturation_train_epoch_00001.png']
     """
@@ -134,7 +139,46 @@ def plot_results(
         }
         figure = history_figure(lines, str(stat), fontsize, run)
         written.append(save_figure(figure, out / history_filename(str(stat))))
+    figure = draw_verdicts(results, record, fontsize, run)
+    if figure is not None:
+        written.append(save_figure(figure, out / verdict_filename()))
     return written
+
+
+_SATURATION = STATISTICS["lsat"].name
+
+
+def draw_verdicts(
+    results: pd.DataFrame,
+    record: RunRecord | None = None,
+    fontsize: float = DEFAULT_FONTSIZE,
+    run: str | None = None,
+    order: Sequence[str] | None = None,
+) -> Figure | None:
+    """The verdict figure of a run (:mod:`delve.output.verdict_figure`), ``None`` without training saturation.
+
+    The report is :func:`delve.verdicts.facts.report_of`'s, from ``results``
+    and the record's facts (the receptive-field border where they hold one).
+
+    Examples
+    --------
+    >>> results = pd.DataFrame({"epoch": [0, 0], "mode": ["train"] * 2, "layer": ["a", "b"],
+    ...                         "stat": ["saturation"] * 2, "value": [0.5, 0.25]})
+    >>> draw_verdicts(results).axes[0].get_xticklabels()[1].get_text()
+    'b'
+    """
+    trained = results[(results["stat"] == _SATURATION) & (results["mode"] == "train") & results["layer"].notna()]
+    if trained.empty:
+        return None
+    facts = facts_of(results, record, order)
+    if not facts:
+        return None
+    report = report_of(results, record, order=[fact.layer for fact in facts])
+    series = verdict_series(results, [fact.layer for fact in facts])
+    sizes = [fact.input_size for fact in facts if fact.input_size is not None]
+    beyond = [fact.beyond_input for fact in facts]
+    epoch = int(trained["epoch"].max())
+    return verdict_figure(report, series, beyond, sizes[0] if sizes else None, epoch, fontsize, run, record)
 
 
 #: Words that make a user scalar an accuracy, and those that rank one accuracy above another.

@@ -117,6 +117,7 @@ def probe_values(summary: Any) -> dict[str, float]:
     epoch, or its training samples had other kinds of targets.
     """
     own: ProbeMoments = summary.accumulators["probe"]
+    own.settle()
     if own.joint is None or own.joint.count == 0:
         return {}
     names = ("r2", "accuracy") if own.classes else ("r2",)

@@ -339,13 +339,15 @@ def logged_name(entry: str) -> str:
 
     Examples
     --------
-    >>> logged_name("lsat"), logged_name("saturation"), logged_name("my-statistic")
-    ('saturation', 'saturation', 'my-statistic')
+    >>> logged_name("lsat"), logged_name("saturation"), logged_name("my-statistic"), logged_name("probe-r2")
+    ('saturation', 'saturation', 'my-statistic', 'probe-r2')
     """
     try:
-        return STATISTICS[statistic_key(entry)].name
+        key = statistic_key(entry)
     except ValueError:
         return entry
+    # A part of a statistic (probe-r2, probe-accuracy) is a logged name of its own, not a registry key.
+    return STATISTICS[key].name if key in STATISTICS else entry
 
 
 def statistic_names(keys: Iterable[str]) -> Mapping[str, str]:

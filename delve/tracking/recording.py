@@ -3,8 +3,9 @@
 :class:`ModelRecording` is the tracker's recording side, apart from its run
 (epochs, writers, files): the tracked layers (:mod:`delve.capture.discovery`),
 one recorder per layer (:mod:`delve.engine.recorder`) behind one forward hook
-each, the order of their first forward passes, the targets of live probes,
-the cost estimates, and the layers' state in a checkpoint.
+each, the order of their first forward passes, the shape of the model's
+first input (:class:`~delve.tracking.reporting.InputShape`) and the facts
+derived from it, the targets of live probes, the cost estimates, and the layers' state in a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..engine.recorder import LayerRecorders
 from ..statistics.epoch import merge_over_ranks
 from .checkpoint import check_state, pack_streams, restore_streams
 from .parameters import TrackerConfig
+from .reporting import InputShape, LayerFactsSource
 from .settings import recording_settings
 
 __all__ = ["ModelRecording"]
@@ -49,6 +51,8 @@ class ModelRecording:
         self.order = ForwardOrder()
         self.epochs: dict[str, tuple[int, int]] = {}  # layer -> (training batches, modes) of the last epoch
         self.handles = attach_hooks(owner, self.modules, self.recorders, self.order)
+        self.input_shape = InputShape(config.modules)
+        self.facts = LayerFactsSource(config.modules, self.layers, self.input_shape, config.observation.conv_method)
         reset_compiler_for(config.modules)
 
     @property
@@ -101,6 +105,7 @@ class ModelRecording:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        self.input_shape.remove()
 
     def state_dict(self) -> dict[str, Any]:
         """The layers' states, the forward order and the random streams (:mod:`delve.tracking.checkpoint`)."""

@@ -4,8 +4,9 @@
 (:mod:`delve.tracking.recording`): the epoch the next values belong to, the
 writers built from ``save_to`` (none on ranks that do not write), the guard
 that keeps one open tracker per savefile and earlier runs from being written
-over, the run record (layers, statistic names, widths), the user's scalars
-and the other ``add_*`` calls forwarded to the writers.
+over, the run record (layers, statistic names, widths, facts), the values
+logged so far (for ``tracker.report()``), the user's scalars and the other
+``add_*`` calls forwarded to the writers.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from ..common import ranks
 from ..common.naming import RunRecord
+from ..output.tables import tidy_frame
 from ..statistics.epoch import describe_run
 from ..writers.registry import build_writer
 from .parameters import TrackerConfig
@@ -42,13 +46,24 @@ class RunWriting:
         The tracked layers' names.
     descriptions : mapping of str -> str
         Each layer's class and shape, e.g. ``Linear 256->256``.
+    facts : callable, optional
+        Returns each layer's facts for the record (:mod:`delve.verdicts.facts`).
     """
 
-    def __init__(self, owner: Any, config: TrackerConfig, layers: list[str], descriptions: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        owner: Any,
+        config: TrackerConfig,
+        layers: list[str],
+        descriptions: Mapping[str, str],
+        facts: Callable[[], Mapping[str, Mapping[str, Any]]] = dict,
+    ) -> None:
         self.config = config
         self.layers = layers
         self.descriptions = dict(descriptions)
+        self.facts = facts
         self.widths: dict[str, int] = {}  # each layer's d, from its first recorded forward pass
+        self.history: list[tuple[int, str, float]] = []  # (epoch, name, value) of every scalar value logged
         self.epoch = config.initial_epoch
         self.closed = False
         # Ranks other than write_rank build no writer at all, so they create no files.
@@ -66,11 +81,16 @@ class RunWriting:
 
     @property
     def record(self) -> RunRecord:
-        """What the tracker logs: its layers, statistic names, widths and descriptions."""
+        """What the tracker logs: its layers, statistic names, widths, descriptions and facts."""
         config = self.config
         record = describe_run(self.layers, config.stats, config.average_sat)
         widths = {name: self.widths[name] for name in self.layers if name in self.widths}
-        return replace(record, widths=widths, descriptions=self.descriptions)
+        return replace(record, widths=widths, descriptions=self.descriptions, facts=self.facts())
+
+    def logged(self) -> pd.DataFrame:
+        """The tidy table of the scalar values this tracker logged (in this process), as a run read back gives it."""
+        record = self.record
+        return tidy_frame([(epoch, *record.classify(name), value) for epoch, name, value in self.history])
 
     def check_open(self, call: str) -> None:
         """Refuse a recording call on a closed tracker, and writing over an earlier run (checked once)."""
@@ -87,6 +107,7 @@ class RunWriting:
         record = self.record
         if record != self.writer.run_record:  # the first epoch brings the layers' widths
             self.writer.record_run(record)
+        self.history += [(epoch, name, float(value)) for name, value in values.items() if _is_scalar(value)]
         try:
             self.writer.write_epoch(values, epoch, save)
         finally:
@@ -130,6 +151,10 @@ class RunWriting:
             self.writer.close()
         finally:
             self.savefile.release(owner)
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, np.ndarray | torch.Tensor) or np.ndim(value) == 0
 
 
 def _to_python(value: Any) -> Any:

@@ -25,6 +25,7 @@ from .checkpoint import pack_state
 from .notices import Notices
 from .parameters import TrackerConfig
 from .recording import ModelRecording
+from .reporting import receptive_fields, report
 from .run_writing import RunWriting
 from .settings import statistic_options
 
@@ -81,7 +82,8 @@ class SaturationTracker:
         self._recording = ModelRecording(self, config)
         self.layers = self._recording.layers
         names = [layer.name for layer in self.layers]
-        self._run = RunWriting(self, config, names, {layer.name: layer.description for layer in self.layers})
+        descriptions = {layer.name: layer.description for layer in self.layers}
+        self._run = RunWriting(self, config, names, descriptions, self._recording.facts.facts)
         logger.info("delve tracks %d layers: %s", len(names), ", ".join(names))
 
     @property
@@ -147,6 +149,10 @@ class SaturationTracker:
         2       32        4    320    24.6k      19%  1.2%        32           19%   out
         """
         return self._recording.cost()
+
+    # The verdicts (tracking/reporting.py): receptive fields at the first input's shape, and the findings.
+    receptive_fields = receptive_fields
+    report = report
 
     @property
     def probes(self) -> bool:

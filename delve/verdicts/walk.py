@@ -27,11 +27,36 @@ __all__ = ["ROOT", "trace", "states_of"]
 ROOT = "model"
 
 
+def call_without_forward_hooks(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``module(*args, **kwargs)`` with its forward pre-hooks but none of its forward hooks.
+
+    The walk is an analysis, not a forward pass: a forward hook observes a
+    model's outputs (a tracker's, the user's own capture) and must not see
+    proxies or meta tensors. Forward pre-hooks run, since some compute what
+    ``forward`` reads (pruning's masked weight, the old ``weight_norm``).
+    """
+    with_kwargs = getattr(module, "_forward_pre_hooks_with_kwargs", {})
+    for hook_id, hook in list(module._forward_pre_hooks.items()):
+        if hook_id in with_kwargs:
+            result = hook(module, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        else:
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+    return module.forward(*args, **kwargs)
+
+
 class _Tracer(fx.Tracer):
     """Keeps every layer delve tracks a single call, even a subclass defined outside ``torch.nn``."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return find_observer(module) is not None or super().is_leaf_module(module, qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        # Traced through without the module's forward hooks: they would see proxies.
+        return super().call_module(m, lambda *a, **k: call_without_forward_hooks(m, a, k), args, kwargs)
 
 
 class _Root(nn.Module):
@@ -73,6 +98,9 @@ class _Walker(fx.Interpreter):
         result = super().run_node(n)
         self.states[n] = self._state(n, result)
         return result
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return call_without_forward_hooks(self.fetch_attr(target), args, dict(kwargs))
 
     def _state(self, n: fx.Node, result: Any) -> State:
         if n.op == "placeholder":  # the wrapper's one input

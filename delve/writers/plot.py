@@ -75,7 +75,7 @@ class CSVandPlottingWriter(CSVWriter):
     >>> writer.add_scalar("test-accuracy", 0.9, epoch=0)
     >>> writer.close()
     >>> sorted(os.listdir(os.path.join(run, "plots")))
-    ['saturation_train_heatmap.png', 'saturation_train_profile.png']
+    ['saturation_train_heatmap.png', 'saturation_train_profile.png', 'verdicts.png']
     """
 
     def __init__(

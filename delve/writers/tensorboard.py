@@ -16,29 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..common.naming import classify
-from ..output.figures import draw_later, embedding_figure, figure_to_rgb, heatmap_figure, profile_figure
+from ..output.figures import draw_later, embedding_figure, figure_to_rgb
 from ..output.layout import tensorboard_dir
-from ..statistics.registry import STATISTICS, by_name
+from ..statistics.registry import by_name
 from ..statistics.spectra import eigenvalues
 from .base import AbstractWriter, writing
+from .tensorboard_images import HEATMAP_HEIGHT, PROFILE_STAT, ImageJob, log_verdicts, overview_images
 from .tensorboard_tags import custom_scalars_layout, layer_tag, overview_tag, tensorboard_tag
 
-__all__ = ["TensorBoardWriter", "tensorboard_tag"]
+__all__ = ["TensorBoardWriter", "tensorboard_tag", "HEATMAP_HEIGHT", "PROFILE_STAT"]
 
 logger = logging.getLogger("delve")
 
-PROFILE_STAT = STATISTICS["lsat"].name
 SPECTRUM_LABEL = "covariance-eigenvalues"
-#: Inches of a heatmap's plot area, at most: the image keeps its shape in a
-#: Time Series card at any depth (thinner rows, every k-th layer labelled).
-HEATMAP_HEIGHT = 4.5
-
-#: An image still to be drawn: its tag, its step and the function building its figure.
-ImageJob = tuple[str, int, Callable[[], Any]]
 
 
 class TensorBoardWriter(AbstractWriter):
@@ -57,6 +50,11 @@ class TensorBoardWriter(AbstractWriter):
       bounded statistics on their fixed colour scale (saturation: 0..1);
     * the saturation profile image ``01-saturation/profile/<mode>`` (one bar
       per layer, fixed 0..1 axis);
+    * the report each epoch (:meth:`~delve.SaturationTracker.report`): as
+      text, ``00-report/findings`` (the table and the findings in words), and
+      as the verdict figure, ``00-report/figure``; each epoch, not only at
+      the end, because TensorBoard is where a run is watched while it can
+      still be changed, and a run stopped early still has its last report;
     * a custom-scalars layout: one category per statistic in registry order,
       saturation first and open, per mode a chart of the layer average and
       charts of at most eight consecutive layers;
@@ -93,6 +91,8 @@ class TensorBoardWriter(AbstractWriter):
         Log the saturation profile image each epoch.
     heatmap_images : bool
         Log the layers-by-epochs image of each statistic and mode each epoch.
+    report : bool
+        Log the report (text and verdict figure) each epoch.
     flush_secs : int
         Passed to ``SummaryWriter``; :meth:`save` flushes every epoch anyway.
     fontsize : float
@@ -118,6 +118,7 @@ class TensorBoardWriter(AbstractWriter):
         logdir: str | None = None,
         profile_images: bool = True,
         heatmap_images: bool = True,
+        report: bool = True,
         flush_secs: int = 120,
         fontsize: float = 11,
         background: bool = True,
@@ -128,6 +129,7 @@ class TensorBoardWriter(AbstractWriter):
         self.run_name = self.logdir.name
         self.profile_images = bool(profile_images)
         self.heatmap_images = bool(heatmap_images)
+        self.report = bool(report)
         self.flush_secs = int(flush_secs)
         self.fontsize = fontsize
         self.background = bool(background)
@@ -202,6 +204,10 @@ class TensorBoardWriter(AbstractWriter):
             logger.debug("TensorBoardWriter does not log %s (array of shape %s)", name, array.shape)
             return
         if array.shape[0] == array.shape[1]:
+            if not np.isfinite(array).all():
+                # A covariance too few rows support is logged as missing: it has no spectrum to show.
+                logger.debug("TensorBoardWriter does not log %s (missing values)", name)
+                return
             spectrum = eigenvalues(torch.from_numpy(np.asarray(array, dtype=np.float64))).numpy()
             with writing(self, self.logdir):
                 tag = layer_tag(stat, mode, layer, SPECTRUM_LABEL)
@@ -242,37 +248,6 @@ class TensorBoardWriter(AbstractWriter):
         self._writer()._get_file_writer().add_summary(summary, self._last_epoch)
         self._layout_written = layout
 
-    def _queue_overview_images(self) -> None:
-        record = self.run_record
-        labels = {layer: record.label(layer) for layer in record.layers} if record is not None else {}
-        widths = dict(record.widths) if record is not None else {}
-        for (stat, mode), by_layer in self._history.items():
-            if by_name(stat) is None:
-                continue
-            layers = self._layers(stat, mode)
-            epochs = sorted({step for by_epoch in by_layer.values() for step in by_epoch})
-            steps = [step for step in sorted(self._epochs) if step in epochs]
-            if not steps:
-                continue
-            if self.heatmap_images:
-                # A snapshot: the next epoch's values do not leak into this image.
-                history = pd.DataFrame(
-                    [[by_layer[layer].get(epoch, np.nan) for epoch in epochs] for layer in layers],
-                    index=layers,
-                    columns=epochs,
-                )
-                build = partial(
-                    heatmap_figure, history, stat, mode, self.fontsize, self.run_name, HEATMAP_HEIGHT, labels
-                )
-                self._images.append((overview_tag(stat, "heatmap", mode), steps[-1], build))
-            if stat == PROFILE_STAT and self.profile_images:
-                for step in steps:
-                    values = {layer: by_layer[layer][step] for layer in layers if step in by_layer[layer]}
-                    build = partial(
-                        profile_figure, values, stat, mode, step, None, self.fontsize, self.run_name, widths, labels
-                    )
-                    self._images.append((overview_tag(stat, "profile", mode), step, build))
-
     def _draw(self, images: list[ImageJob]) -> None:
         """Render and log ``images`` in order, then flush (on the drawing thread, or in place)."""
         writer = self._writer()
@@ -287,7 +262,7 @@ class TensorBoardWriter(AbstractWriter):
         with writing(self, self.logdir):
             self._log_averages()
             self._write_layout()
-            self._queue_overview_images()
+            self._images += overview_images(self) + log_verdicts(self)
             self._epochs.clear()
             self._writer().flush()
             images, self._images = self._images, []

@@ -15,7 +15,9 @@ first), zero-padded so that file listings sort the same way:
 * ``01-saturation-by-layer/<mode>/<layer>``: one layer (scalar).
 
 So a statistic's overview (three kinds of cards per mode, whatever the number
-of layers) is one section, followed by its per-layer section. Values that are
+of layers) is one section, followed by its per-layer section. The report
+comes before them all, ``00-report/findings`` (text) and
+``00-report/figure`` (the verdict figure): :func:`report_tag`. Values that are
 no registered statistic (``rows``, ``nonfinite-batches``) keep their plain
 name as section and sort after the statistics; user scalars keep their names.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "tensorboard_tag",
     "overview_tag",
     "layer_tag",
+    "report_tag",
     "layer_groups",
     "custom_scalars_layout",
 ]
@@ -75,6 +78,17 @@ def overview_tag(stat: str, kind: str, mode: str) -> str:
     '01-saturation/heatmap/train'
     """
     return f"{section(stat)}/{kind}/{mode}"
+
+
+def report_tag(kind: str) -> str:
+    """Tag of the report's cards: ``kind`` is ``findings`` (text) or ``figure`` (image); the first section.
+
+    Examples
+    --------
+    >>> report_tag("findings")
+    '00-report/findings'
+    """
+    return f"00-report/{kind}"
 
 
 def layer_tag(stat: str, mode: str, layer: str, label: str | None = None) -> str:

@@ -33,7 +33,8 @@ from delve.budget.cost_model import (
     CostModel,
     rows_per_feature_within,
 )
-from delve.budget.layer_cost import LayerCost, relative_cost
+from delve.budget.device_costs import relative_cost
+from delve.budget.layer_cost import LayerCost
 from delve.budget.row_sampler import RowSampler
 from delve.engine.accumulator import Accumulator, Batch
 from delve.engine.states import BottomK

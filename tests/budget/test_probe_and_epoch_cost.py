@@ -12,7 +12,8 @@ from torch import nn
 
 from delve import SaturationTracker
 from delve.budget.cost_model import CostModel
-from delve.budget.layer_cost import POOLING_WEIGHT, LayerCost, relative_cost, training_rate
+from delve.budget.device_costs import POOLING_WEIGHT, relative_cost, training_rate
+from delve.budget.layer_cost import LayerCost
 
 
 class Dense(nn.Linear):

@@ -97,11 +97,12 @@ def test_plot_redraws_figures(run, tmp_path, capsys):
         "saturation_train_epoch_00000.png",
         "saturation_train_epoch_00001.png",
         "saturation_train_heatmap.png",
+        "verdicts.png",
     ]
     for name in names:
         pixels = mpimg.imread(out / name)
         assert min(pixels.shape[:2]) > 100 and pixels[..., :3].std() > 0.01
-    assert f"wrote 5 figure(s) to {out}" in capsys.readouterr().out
+    assert f"wrote 6 figure(s) to {out}" in capsys.readouterr().out
 
 
 def test_plot_default_folder_is_the_run_plots_folder(run, capsys):
@@ -110,6 +111,7 @@ def test_plot_default_folder_is_the_run_plots_folder(run, capsys):
         "intrinsic-dimensionality_train_epoch_00001.png",
         "saturation_train_epoch_00001.png",
         "saturation_train_heatmap.png",
+        "verdicts.png",
     ]
 
 
@@ -267,12 +269,12 @@ def test_plot_of_a_folder_draws_each_run(tmp_path, capsys):
     _two_runs(tmp_path)
     assert main(["plot", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"wrote 2 figure(s) to {tmp_path / 'lean' / 'plots'}",
-        f"wrote 2 figure(s) to {tmp_path / 'wide' / 'plots'}",
+        f"wrote 3 figure(s) to {tmp_path / 'lean' / 'plots'}",
+        f"wrote 3 figure(s) to {tmp_path / 'wide' / 'plots'}",
     ]
     for name in ("lean", "wide"):
         names = sorted(p.name for p in (tmp_path / name / "plots").iterdir())
-        assert names == ["saturation_train_heatmap.png", "saturation_train_profile.png"]
+        assert names == ["saturation_train_heatmap.png", "saturation_train_profile.png", "verdicts.png"]
 
 
 def test_a_folder_without_runs_is_one_line_exit_2(tmp_path, capsys):

@@ -68,7 +68,7 @@ def test_demo_writes_csv_tensorboard_and_plots(demo_run: tuple[Path, int, str]) 
         plots = {p.name for p in (out / spec.name / "plots").iterdir()}
         stats = ("saturation", "intrinsic-dimensionality")
         profiles = {f"{stat}_{mode}_profile.png" for stat in stats for mode in MODES}
-        assert plots == profiles | {f"saturation_{mode}_heatmap.png" for mode in MODES}
+        assert plots == profiles | {f"saturation_{mode}_heatmap.png" for mode in MODES} | {"verdicts.png"}
         # The run record says what each layer is, so figures and summaries read back can say it too.
         record = json.loads((out / f"{spec.name}.run.json").read_text())
         model = demo.build_network(spec)

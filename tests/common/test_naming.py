@@ -91,7 +91,7 @@ def test_run_record_keeps_widths_and_descriptions_and_reads_the_format_1_file(tm
     record = RunRecord(("0", "2"), ("saturation",), (), {"0": 256, "2": 10}, descriptions)
     write_record(tmp_path / "run", record)
     content = json.loads((tmp_path / "run.run.json").read_text())
-    assert content["format"] == 2 and content["widths"] == {"0": 256, "2": 10}
+    assert content["format"] == 3 and content["widths"] == {"0": 256, "2": 10}
     assert read_record(tmp_path / "run") == record
     assert [record.label(layer) for layer in ("0", "2", "x")] == ["0 (Linear 64->256)", "2 (Linear 256->10)", "x"]
     # delve 0.2.0 wrote format 1: no widths, no descriptions; layers are then shown by name alone.

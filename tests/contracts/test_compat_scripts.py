@@ -129,8 +129,9 @@ def test_gallery_regression_script(ref):
         for mode in MODES:
             _assert_png_not_blank(plots / f"saturation_{mode}_profile.png")
             _assert_png_not_blank(plots / f"saturation_{mode}_heatmap.png")
-        # One current profile per mode, redrawn every epoch, and the heatmaps: no file per epoch.
-        assert len(list(plots.glob("*.png"))) == 2 * len(MODES)
+        _assert_png_not_blank(plots / "verdicts.png")
+        # One current profile per mode, redrawn every epoch, the heatmaps and the verdict figure: no file per epoch.
+        assert len(list(plots.glob("*.png"))) == 2 * len(MODES) + 1
 
 
 # ---------------------------------------------------- writers given as instances

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib import image as mpimg
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -69,6 +70,8 @@ def test_every_example_is_tested() -> None:
         "transformer_encoder.py",
         "resume_run.py",
         "custom_writer.py",
+        "receptive_field_tail.py",
+        "resnet18_digits.py",
     }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
@@ -169,3 +172,58 @@ def test_custom_writer_agrees_with_the_csv_writer(tmp_path: Path) -> None:
         for name, value in record.items():
             assert frame.loc[epoch, name] == pytest.approx(value, rel=1e-12)
     assert_saturation_is_k_over_d(frame, "train-saturation_0", 16)
+
+
+def test_receptive_field_tail_prints_the_report_and_draws_the_figure(tmp_path: Path) -> None:
+    stdout = run_example("receptive_field_tail.py", tmp_path, "--epochs", "2", "--sizes", "8", "10", "--samples", "300")
+    out = tmp_path / "out"
+    frame = read_csv(out / "plain8.csv")
+    assert list(frame.index) == [0, 1]
+    names = [f"conv{index}" for index in range(1, 13)] + ["head"]
+    for layer in names:
+        assert_saturation_is_k_over_d(frame, f"train-saturation_{layer}", 10 if layer == "head" else 32)
+        assert 0.0 <= frame[f"eval-probe-accuracy_{layer}"].iloc[-1] <= 1.0
+    # The report: the layers with their fields (1 + 2L pixels after L convolutions), then the findings.
+    report = stdout[stdout.index("delve report, epoch 1: 13 layers") :].splitlines()
+    assert report[1].split()[:3] == ["layer", "width", "saturation"] and "rf_min" in report[1]
+    rows = {line.split()[0]: line for line in report[2:15]}
+    assert list(rows) == names
+    for index in range(1, 13):
+        side = 1 + 2 * index
+        assert f" {side}x{side} " in rows[f"conv{index}"]
+    record = json.loads((out / "plain8.run.json").read_text())
+    assert [record["facts"][f"conv{index}"]["beyond_input"] for index in range(1, 13)] == [False] * 3 + [True] * 9
+    figure = mpimg.imread(out / "plain8" / "plots" / "verdicts.png")
+    assert figure.shape[0] > 300 and figure.shape[1] > 600 and figure[..., :3].std() > 0.05
+    # At 10x10 the border moves to conv5 (11 > 10); both sizes' probes side by side.
+    ten = json.loads((out / "plain10.run.json").read_text())
+    assert [ten["facts"][f"conv{index}"]["beyond_input"] for index in range(1, 13)] == [False] * 4 + [True] * 8
+    probes = mpimg.imread(out / "probes.png")
+    assert probes.shape == (400, 1200, 4) and probes[..., :3].std() > 0.05
+
+
+def test_resnet18_digits_reports_every_convolution_with_its_fields(tmp_path: Path) -> None:
+    stdout = run_example("resnet18_digits.py", tmp_path, "--epochs", "1", "--samples", "100")
+    frame = read_csv(tmp_path / "out" / "resnet18.csv")
+    assert list(frame.index) == [0]
+    report = stdout[stdout.index("delve report, epoch 0: 21 layers") :].splitlines()
+    rows = {line.split()[0]: line for line in report[2:23]}
+    # Forward order: a block's shortcut runs after its second convolution.
+    assert list(rows)[:8] == [
+        "conv1",
+        "layer1-0-conv1",
+        "layer1-0-conv2",
+        "layer1-1-conv1",
+        "layer1-1-conv2",
+        "layer2-0-conv1",
+        "layer2-0-conv2",
+        "layer2-0-shortcut-0",
+    ]
+    assert list(rows)[-1] == "fc"
+    # rf_min by hand: the stem 3, each 3x3 convolution adds 2 jumps; a shortcut path keeps the smaller field.
+    assert " 3x3 " in rows["conv1"] and " 5x5 " in rows["layer1-0-conv1"] and " 7x7 " in rows["layer1-0-conv2"]
+    assert " 35x35 " in rows["layer4-1-conv2"]
+    record = json.loads((tmp_path / "out" / "resnet18.run.json").read_text())
+    beyond = [name for name, facts in record["facts"].items() if facts.get("beyond_input")]
+    assert beyond == ["layer4-1-conv2"]  # only its smallest field (35) exceeds the 32-pixel input
+    assert record["facts"]["layer4-1-conv2"]["rf_max"] == [109, 109]

@@ -173,7 +173,7 @@ def assert_values(actual: dict, expected: dict, rtol: float = 1e-9) -> None:
         assert actual[name] == pytest.approx(value, rel=rtol, abs=1e-12, nan_ok=True), name
 
 
-def test_gpt2_epoch_statistics_reach_log_history_and_tensorboard(tmp_path, ref) -> None:
+def test_gpt2_epoch_statistics_reach_log_history_and_tensorboard(tmp_path, ref, capsys) -> None:
     track_conv1d()
     model = tiny_gpt2()
     capture = Capture(model)
@@ -186,7 +186,21 @@ def test_gpt2_epoch_statistics_reach_log_history_and_tensorboard(tmp_path, ref) 
         eval_dataset=token_data(8, seed=2),
         callbacks=[callback, capture],
     )
+    capsys.readouterr()
     trainer.train()
+
+    # The report is printed when training ends, after the last epoch's values.
+    printed = capsys.readouterr().out
+    report = printed[printed.index("delve report, epoch 1: ") :].splitlines()
+    expected = callback.tracker.report()
+    assert report[0] == f"delve report, epoch 1: {len(expected)} layers, no findings"
+    assert report[1].split() == ["layer", "width", "saturation", "k", "bound"]
+    record = callback.tracker.run_record
+    for line, (_, row) in zip(report[2:], expected.iterrows()):
+        # Conv1D 32->96 can span at most 32 directions: the bound is printed beside its width.
+        assert line.startswith(record.label(row["layer"]))
+        numbers = [int(row["width"]), f"{row['saturation']:.2f}", int(row["k"]), int(row["bound"])]
+        assert line.split()[-4:] == [str(number) for number in numbers]
 
     records = delve_records(trainer.state.log_history)
     # One record per epoch, at the epoch's last step, after that epoch's evaluation.

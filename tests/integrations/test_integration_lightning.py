@@ -11,7 +11,9 @@ test_integration_lightning_resume.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -41,6 +43,20 @@ from lightning_helpers import (  # noqa: E402
 
 from delve import SaturationTracker  # noqa: E402
 from delve.integrations.lightning import SaturationCallback  # noqa: E402
+
+
+@contextlib.contextmanager
+def lightning_messages():
+    """What Lightning's own logger says meanwhile (it does not propagate to the root logger)."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -298,10 +314,24 @@ def test_probes_take_their_targets_from_the_batches(tmp_path, classes: bool) -> 
     net = new_net()
     # Real targets: y of each (x, y) batch, by default. Classes: a function of the batch.
     targets = (lambda batch: (batch[0][:, 0] > 4.0).long()) if classes else None
-    callback = SaturationCallback(stats=["lsat", "probe"], targets=targets)
-    trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=2).fit(
-        net, loader(x, y, 8), loader(x[:24], y[:24], 6)
-    )
+    # The report is printed when fit ends, through Lightning's logger, unless report=False.
+    callback = SaturationCallback(stats=["lsat", "probe"], targets=targets, report=not classes)
+    with lightning_messages() as messages:
+        trainer(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=2).fit(
+            net, loader(x, y, 8), loader(x[:24], y[:24], 6)
+        )
+    reports = [message for message in messages if message.startswith("delve report")]
+    if classes:
+        assert reports == []
+    else:
+        (report,) = reports
+        lines = report.splitlines()
+        assert lines[0] == "delve report, epoch 0: 2 layers, no findings"
+        assert lines[1].split() == ["layer", "width", "saturation", "k", "bound"]  # no accuracy for real targets
+        rows = [line.split() for line in lines[2:4]]
+        assert [row[0] for row in rows] == list(LAYERS)
+        for row, layer in zip(rows, LAYERS):
+            assert float(row[4]) == pytest.approx(callback.last_values[f"train-saturation_{layer}"], abs=5.01e-3)
     train_t = (x[:, 0] > 4.0).long().numpy() if classes else y.numpy()
     eval_t = train_t[:24]
     for layer in LAYERS:

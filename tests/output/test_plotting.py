@@ -93,7 +93,7 @@ def test_plot_results_writes_profiles_and_heatmaps(tmp_path):
     expected = sorted(
         [f"saturation_{m}_epoch_{e:05d}.png" for e in range(2) for m in ("train", "eval")]
         + [f"intrinsic-dimensionality_train_epoch_{e:05d}.png" for e in range(2)]
-        + ["saturation_train_heatmap.png", "saturation_eval_heatmap.png"]
+        + ["saturation_train_heatmap.png", "saturation_eval_heatmap.png", "verdicts.png"]
     )
     assert names == expected == sorted(p.name for p in tmp_path.iterdir())
     for path in written:
@@ -103,16 +103,19 @@ def test_plot_results_writes_profiles_and_heatmaps(tmp_path):
         "saturation_train_profile.png",
         "saturation_eval_profile.png",
         "intrinsic-dimensionality_train_profile.png",
+        "verdicts.png",
     ]
     assert [p.name for p in plot_results(results, tmp_path / "last", epochs="last", heatmap_stats=())] == [
         "saturation_train_epoch_00001.png",
         "saturation_eval_epoch_00001.png",
         "intrinsic-dimensionality_train_epoch_00001.png",
+        "verdicts.png",
     ]
     # Heatmaps are asked for by key or by logged name.
     assert [p.name for p in plot_results(results, tmp_path / "key", epochs=[], heatmap_stats=["lsat"])] == [
         "saturation_train_heatmap.png",
         "saturation_eval_heatmap.png",
+        "verdicts.png",
     ]
     with pytest.raises(ValueError, match="'current', 'last', 'all'"):
         plot_results(results, tmp_path, epochs="first")
@@ -142,8 +145,12 @@ def test_plot_writer_draws_each_epoch_and_the_heatmap_grows(tmp_path):
         "train-saturation_head_classifier_projection",
     ]
     np.testing.assert_allclose(frame["test_accuracy"], [0.0, 0.25, 0.5])
-    # One profile, redrawn every epoch, and the heatmap: no file per epoch.
-    assert sorted(p.name for p in plots.iterdir()) == ["saturation_train_heatmap.png", "saturation_train_profile.png"]
+    # One profile, redrawn every epoch, the heatmap and the verdict figure: no file per epoch.
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "saturation_train_heatmap.png",
+        "saturation_train_profile.png",
+        "verdicts.png",
+    ]
 
 
 def test_plot_writer_profiles_follow_forward_order(tmp_path):
@@ -174,11 +181,12 @@ def test_figures_are_freed_and_never_registered_with_pyplot(tmp_path):
             writer.add_scalar(f"train-saturation_layer{layer}", (layer + epoch) / 8, epoch)
         writer.save()
     writer.finish_drawing()
-    # Eight figures were drawn (a profile and a heatmap per epoch); none is kept alive, so long runs do not
-    # grow memory.
+    # Twelve figures were drawn (a profile, a heatmap and the verdicts per epoch); none is kept alive, so long
+    # runs do not grow memory.
     assert sorted(p.name for p in (tmp_path / "run" / "plots").iterdir()) == [
         "saturation_train_heatmap.png",
         "saturation_train_profile.png",
+        "verdicts.png",
     ]
     assert live_figures() == before
     assert set(plt.get_fignums()) == before_pyplot
@@ -237,6 +245,7 @@ def test_figures_are_drawn_while_training_goes_on(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "run" / "plots").iterdir()) == [
         "saturation_train_heatmap.png",
         "saturation_train_profile.png",
+        "verdicts.png",
     ]
 
 

@@ -299,3 +299,25 @@ def test_an_epoch_without_training_samples_logs_missing_values() -> None:
     values = tracker.add_saturations()
     tracker.close()
     assert math.isnan(values["eval-probe-r2_linear"]) and math.isnan(values["eval-probe-accuracy_linear"])
+
+
+def test_the_bounded_sample_keeps_the_rows_of_the_smallest_keys_over_every_batch() -> None:
+    from delve.engine.accumulator import Batch
+    from delve.engine.probe import ProbeMoments
+    from delve.engine.states import BottomK
+
+    probe = ProbeMoments(seed=11)
+    probe.states.kinds["sample"] = BottomK(size=40)  # 300 rows offered: selected several times on the way
+    generator = torch.Generator().manual_seed(5)
+    offered = []
+    for _ in range(30):
+        x = torch.randn(10, 3, generator=generator)
+        labels = torch.randint(0, 4, (10,), generator=generator)
+        probe.accumulate(Batch(x, samples=x, targets=torch.eye(4, dtype=torch.float64)[labels], labels=labels.double()))
+        offered.append(torch.cat([x.double(), labels.double().unsqueeze(1)], dim=1))
+    # The keys the probe draws: one uniform stream seeded by its seed, batch after batch.
+    keys = torch.rand(300, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    expected = torch.cat(offered)[torch.argsort(keys)[:40]]
+    kept_keys, kept_rows = probe.values()["sample"]
+    assert kept_rows.shape == (40, 4)
+    assert torch.equal(kept_rows[torch.argsort(kept_keys)], expected)

@@ -97,6 +97,16 @@ def test_a_dead_layer_and_too_few_rows() -> None:
     assert report.loc["2", "rows"] == 100
 
 
+def test_rows_are_counted_per_direction_a_widening_layer_can_span() -> None:
+    # 16 -> 64: at most 16 directions. 400 rows are 25 per direction (enough), 6.25 per output feature.
+    results = run({"saturation": [0.2, 0.2], "rows": [400, 300]})
+    facts = [LayerFacts("1", 64, bound=16), LayerFacts("2", 64, bound=16)]
+    report = find(results, facts).set_index("layer")
+    assert "too-few-rows" not in report.loc["1", "findings"]
+    assert report.loc["2", "findings"] == "too-few-rows"  # 300 rows: 18.75 per direction
+    assert "the 16 directions its 64 features can span" in report.loc["2", "evidence"]
+
+
 @pytest.mark.parametrize("column", ["layer", "width", "saturation", "rows", "rf_min", "probe_accuracy", "findings"])
 def test_the_report_has_the_contract_columns(column: str) -> None:
     assert column in find(run({"saturation": [0.5]}), [LayerFacts("1", 8)]).columns

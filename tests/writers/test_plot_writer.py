@@ -63,8 +63,9 @@ def test_one_current_profile_per_statistic_and_mode_plus_the_heatmaps(tmp_path) 
     _five_epochs(str(tmp_path / "toy"))
     names = sorted(path.name for path in (tmp_path / "toy" / "plots").iterdir())
     expected = [f"{name}_{mode}_profile.png" for name in NAMES for mode in ("train", "eval")]
-    assert names == sorted([*expected, "saturation_train_heatmap.png", "saturation_eval_heatmap.png"])
-    assert len(names) == 8  # whatever the number of epochs
+    heatmaps = ["saturation_train_heatmap.png", "saturation_eval_heatmap.png"]
+    assert names == sorted([*expected, *heatmaps, "verdicts.png"])
+    assert len(names) == 9  # whatever the number of epochs
 
 
 def test_a_profile_per_epoch_is_an_option(tmp_path) -> None:
@@ -72,8 +73,8 @@ def test_a_profile_per_epoch_is_an_option(tmp_path) -> None:
     names = {path.name for path in (tmp_path / "toy" / "plots").iterdir()}
     modes = ("train", "eval")
     per_epoch = {f"{name}_{mode}_epoch_{epoch:05d}.png" for name in NAMES for mode in modes for epoch in range(5)}
-    assert names == per_epoch | {"saturation_train_heatmap.png", "saturation_eval_heatmap.png"}
-    assert len(names) == 32
+    assert names == per_epoch | {"saturation_train_heatmap.png", "saturation_eval_heatmap.png", "verdicts.png"}
+    assert len(names) == 33
 
 
 def test_titles_name_the_run_the_accuracy_and_bars_say_k_and_d(tmp_path, drawn) -> None:
@@ -121,7 +122,7 @@ def test_delve_plot_redraws_exactly_what_the_writer_drew(tmp_path, capsys) -> No
     _five_epochs(savefile)
     plots = tmp_path / "toy" / "plots"
     assert main(["plot", savefile, "--out", str(tmp_path / "again")]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote 8 figure(s) to {tmp_path / 'again'}"
+    assert capsys.readouterr().out.strip() == f"wrote 9 figure(s) to {tmp_path / 'again'}"
     written = sorted(path.name for path in plots.iterdir())
     assert sorted(path.name for path in (tmp_path / "again").iterdir()) == written
     for name in written:
@@ -129,6 +130,6 @@ def test_delve_plot_redraws_exactly_what_the_writer_drew(tmp_path, capsys) -> No
     # Into the run's own folder: the same files, replaced by identical figures, and said so.
     before = {name: mpimg.imread(plots / name) for name in written}
     assert main(["plot", savefile]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote 8 figure(s) to {plots}, replacing 8 file(s)"
+    assert capsys.readouterr().out.strip() == f"wrote 9 figure(s) to {plots}, replacing 9 file(s)"
     for name in written:
         np.testing.assert_array_equal(mpimg.imread(plots / name), before[name], err_msg=name)

@@ -194,7 +194,7 @@ def decoded(event) -> np.ndarray:
 def test_profile_and_heatmap_images_each_epoch(run):
     root, _ = run
     accumulator = accumulate(root / "run")
-    assert set(accumulator.Tags()["images"]) == {
+    assert set(accumulator.Tags()["images"]) == {"00-report/figure"} | {
         f"{prefix}/{kind}/{mode}"
         for prefix, kinds in (("01-saturation", ("profile", "heatmap")), ("02-intrinsic-dimensionality", ("heatmap",)))
         for kind in kinds
@@ -236,6 +236,7 @@ def test_image_titles_name_the_run_and_heatmaps_use_fixed_scales(tmp_path, monke
         "lean-net: intrinsic-dimensionality (train) per layer and epoch",
         "lean-net: saturation (train) per layer and epoch",
         "lean-net: saturation (train), epoch 0",
+        "lean-net: saturation, probes and findings per layer, epoch 0",
     ]
     scales = {title: clim for title, clim in seen}
     assert scales["lean-net: saturation (train) per layer and epoch"] == (0.0, 1.0)
@@ -268,6 +269,15 @@ def test_histogram_values_match_numpy_eigenvalues(tmp_path, ref):
     assert histogram.histogram_value.sum == pytest.approx(values.sum(), rel=1e-9)
     assert histogram.histogram_value.max == pytest.approx(values.max(), rel=1e-9)
     assert histogram.histogram_value.sum_squares == pytest.approx((values**2).sum(), rel=1e-9)
+
+
+def test_a_missing_covariance_logs_no_histogram_and_prints_nothing(tmp_path, capfd):
+    writer = TensorBoardWriter(str(tmp_path / "run"))
+    writer.add_array("train-covariance-matrix_fc", np.full((3, 3), np.nan), 0)  # too few rows: missing
+    writer.add_array("train-covariance-matrix_head", np.eye(2), 0)
+    writer.close()
+    assert accumulate(tmp_path / "run").Tags()["histograms"] == ["03-covariance-eigenvalues-by-layer/train/head"]
+    assert "NaN" not in capfd.readouterr().out  # tensorboardX prints a line for each non-finite histogram
 
 
 def test_other_add_calls_are_forwarded_with_epoch_as_step(tmp_path):
@@ -362,8 +372,9 @@ def test_save_returns_before_the_images_are_drawn(tmp_path, monkeypatch):
         gate.set()
     blocked.result()
     writer.close()
-    assert len(drawn) == 2
+    assert len(drawn) == 3
     assert set(accumulate(tmp_path / "run").Tags()["images"]) == {
+        "00-report/figure",
         "01-saturation/profile/train",
         "01-saturation/heatmap/train",
     }
@@ -383,3 +394,36 @@ def test_a_drawing_error_is_raised_by_the_next_call(tmp_path, monkeypatch):
         writer.add_scalar("train-saturation_fc", 0.5, epoch=1)
     monkeypatch.undo()
     writer.close()
+
+
+def test_the_report_is_logged_as_text_and_as_a_figure_each_epoch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64))
+    savefile = tmp_path / "run"
+    with SaturationTracker(str(savefile), save_to="tensorboard", modules=model, stats=["lsat", "idim"]) as tracker:
+        for _ in range(3):
+            model(torch.randn(2048, 4))
+            tracker.add_saturations()
+        expected = tracker.report()
+    accumulator = accumulate(savefile)
+    tag = "00-report/findings/text_summary"
+    assert tag in accumulator.Tags()["tensors"]
+    events = accumulator.Tensors(tag)
+    assert [event.step for event in events] == [0, 1, 2]
+    text = events[-1].tensor_proto.string_val[0].decode()
+    # Markdown: one preformatted block (four spaces), the same report as the tracker's.
+    assert text.splitlines()[0] == "    delve report, epoch 2: 2 layers, 1 finding"
+    assert expected.loc[1, "findings"] == "idle-width" and "    Findings" in text and "idle-width  2" in text
+    assert expected.loc[1, "action"].split(":")[0] in text.replace("\n", " ").replace("    ", " ")
+    images = accumulator.Images("00-report/figure")
+    assert [image.step for image in images] == [0, 1, 2]
+    pixels = decoded(images[-1])
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 400
+
+
+def test_report_false_logs_no_report(tmp_path):
+    writer = TensorBoardWriter(str(tmp_path / "run"), report=False)
+    writer.add_scalar("train-saturation_fc", 0.5, epoch=0)
+    writer.close()
+    tags = accumulate(tmp_path / "run").Tags()
+    assert "00-report/figure" not in tags["images"] and "00-report/findings/text_summary" not in tags["tensors"]

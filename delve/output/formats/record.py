@@ -2,13 +2,20 @@
 
 Content::
 
-    {"format": 2, "layers": ["conv1", "fc"], "statistics": ["saturation"],
+    {"format": 3, "layers": ["conv1", "fc"], "statistics": ["saturation"],
      "mode_statistics": ["average-saturation"], "widths": {"conv1": 8, "fc": 10},
-     "descriptions": {"conv1": "Conv2d 1->8", "fc": "Linear 32->10"}}
+     "descriptions": {"conv1": "Conv2d 1->8", "fc": "Linear 32->10"},
+     "facts": {"conv1": {"bound": 8, "rf_min": [3, 3], "rf_max": [3, 3], "input_size": [8, 8],
+                         "beyond_input": false, "note": ""},
+               "fc": {"bound": 10}}}
 
-Format 1 (delve 0.2.0) has no ``widths`` or ``descriptions`` and is read as
-well. A run without the file (delve 0.1.x, or files written by hand) is read
-by the value-name grammar alone.
+``facts`` (format 3) are what ``delve report`` needs beyond the values: each
+layer's rank bound and a convolution's receptive field against the input
+(:mod:`delve.verdicts.facts`); a tracker writes them once its model's first
+forward pass gave the input's shape. Format 2 has no ``facts`` (its report
+judges saturation and probes alone), format 1 (delve 0.2.0) no ``widths`` or
+``descriptions`` either; both are read. A run without the file (delve 0.1.x,
+or files written by hand) is read by the value-name grammar alone.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from ..layout import record_path
 
 __all__ = ["FORMAT_VERSION", "write_record", "read_record"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def write_record(savefile: str | os.PathLike, record: RunRecord) -> None:

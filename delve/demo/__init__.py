@@ -330,6 +330,7 @@ def run_demo(
         if shutil.which("tensorboard") is None:
             print("                            (TensorBoard itself: pip install tensorboard)", file=stream)
     print(f"\nBoth runs again: delve summary {out_dir}   Figures redrawn: delve plot {out_dir}", file=stream)
+    print(f"What each run suggests changing, and why: delve report {out_dir}", file=stream)
     print(
         "What to do with these numbers (when a layer is too wide, how many epochs to wait, how many rows are "
         f"enough):\n  'Acting on the numbers' in the documentation, {ACTING_PAGE}",

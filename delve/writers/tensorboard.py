@@ -7,6 +7,7 @@ Tags and the custom-scalars layout are described in
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from collections.abc import Callable
@@ -181,8 +182,10 @@ class TensorBoardWriter(AbstractWriter):
         self.finish_drawing()
         step = self._epoch(epoch)
         value = float(value)
-        with writing(self, self.logdir):
-            self._writer().add_scalar(tensorboard_tag(name, self.run_record), value, global_step=step)
+        if math.isfinite(value):
+            with writing(self, self.logdir):
+                self._writer().add_scalar(tensorboard_tag(name, self.run_record), value, global_step=step)
+        # else a missing value (too few rows, no probe): a gap in the curve, not a point nor tensorboardX's NaN warning
         mode, layer, stat = classify(name, self.run_record)
         if mode is None:
             return
@@ -226,8 +229,9 @@ class TensorBoardWriter(AbstractWriter):
             self._averages.add((stat, mode))
             for step in sorted(self._epochs):
                 values = [by_epoch[step] for by_epoch in layers.values() if step in by_epoch]
+                values = [value for value in values if math.isfinite(value)]
                 if values and (stat, mode, step) not in self._logged_averages:
-                    # The same mean as the tracker's average_sat=True value.
+                    # The same mean as the tracker's average_sat=True value: over the layers with a value.
                     self._writer().add_scalar(overview_tag(stat, "average", mode), float(np.mean(values)), step)
                     self._logged_averages.add((stat, mode, step))
 

@@ -104,6 +104,21 @@ def test_demo_prints_table_accuracy_and_paths(demo_run: tuple[Path, int, str]) -
         assert f"{last['test-accuracy']:.1%}" in text
 
 
+def test_the_report_the_demo_points_to_reads_both_runs(demo_run: tuple[Path, int, str], capsys) -> None:
+    from delve.cli import main
+
+    out, _, text = demo_run
+    assert f"delve report {out}" in text
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for spec in demo.DEMO_NETWORKS:
+        frame = pd.read_csv(out / f"{spec.name}.csv", sep=";", index_col=0)
+        assert spec.name in printed
+        # conv1's row shows the last epoch's train saturation the CSV holds.
+        assert f"{frame.iloc[-1]['train-saturation_conv1']:.2f}" in printed
+
+
 def test_network_statistics_match_numpy_on_the_layer_outputs() -> None:
     """One demo network, one batch: the tracker agrees with numpy on the captured outputs."""
     model = demo.build_network(demo.DEMO_NETWORKS[0])

@@ -280,6 +280,17 @@ def test_a_missing_covariance_logs_no_histogram_and_prints_nothing(tmp_path, cap
     assert "NaN" not in capfd.readouterr().out  # tensorboardX prints a line for each non-finite histogram
 
 
+def test_a_missing_value_is_a_gap_in_the_curve_without_a_warning(tmp_path, caplog):
+    writer = TensorBoardWriter(str(tmp_path / "run"))
+    with caplog.at_level("WARNING"):
+        for epoch, value in enumerate([0.5, float("nan"), 0.25]):
+            writer.add_scalar("train-saturation_fc", value, epoch=epoch)
+        writer.close()
+    tag = next(tag for tag in accumulate(tmp_path / "run").Tags()["scalars"] if tag.endswith("/train/fc"))
+    assert [(event.step, event.value) for event in accumulate(tmp_path / "run").Scalars(tag)] == [(0, 0.5), (2, 0.25)]
+    assert not [record for record in caplog.records if "NaN" in record.getMessage()]
+
+
 def test_other_add_calls_are_forwarded_with_epoch_as_step(tmp_path):
     model = _model()
     tracker = SaturationTracker(str(tmp_path / "run"), save_to="tb", modules=model)

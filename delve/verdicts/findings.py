@@ -314,7 +314,10 @@ def _judge_tail(report: pd.DataFrame, facts: Sequence[LayerFacts], thresholds: T
         said.append(f"past the border: fields of {_pixels(first.rf_min)} on an input of {_pixels(first.input_size)}")
     if not any(math.isnan(value) for value in accuracy):
         gain = max(accuracy[start:]) - max(accuracy[:start])
-        said.append(f"probe accuracy gains {gain:+.3f} on the best layer before")
+        if gain >= 0:
+            said.append(f"probe accuracy gains {gain:+.3f} on the best layer before")
+        else:
+            said.append(f"probe accuracy stays {-gain:.3f} below the best layer before")
     if with_fields:
         action = (
             f"Remove {first.layer} to {last.layer}, or raise the input resolution to about {_pixels(first.rf_min)} "

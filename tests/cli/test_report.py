@@ -15,28 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from copying_stack import copying_stack
 from matplotlib import image as mpimg
 from torch import nn
 
 from delve import SaturationTracker, load_results
 from delve.cli import main
 from delve.output.formats.record import read_record
-
-KEPT = (8, 8, 6, 3, 1)
-
-
-def copying_stack() -> nn.Sequential:
-    """Five 3x3 convolutions of 8 channels (padding 1); each after the first copies fewer channels (KEPT)."""
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(1, 8, 3, padding=1, bias=False)]
-    for kept in KEPT[1:]:
-        conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        with torch.no_grad():
-            conv.weight.zero_()
-            for channel in range(kept):
-                conv.weight[channel, channel, 1, 1] = 1.0
-        layers.append(conv)
-    return nn.Sequential(*layers)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,15 @@ def test_the_tail_of_the_plain_cnn_at_8_pixels_begins_after_the_peak_past_the_bo
     assert "probe accuracy gains +0.000" in report.set_index("layer").loc["6", "evidence"]
 
 
+def test_a_tail_whose_probe_falls_says_so_in_words() -> None:
+    falling = [min(value, 0.9) - (0.2 if index >= 5 else 0.0) for index, value in enumerate(ACCURACY_8)]
+    report = find(run({"saturation": SATURATION_8, "probe-accuracy": falling}), plain_cnn(8)).set_index("layer")
+    best_before = max(falling[:5])
+    assert f"probe accuracy stays {best_before - max(falling[5:12]):.3f} below the best layer before" in (
+        report.loc["6", "evidence"]
+    )
+
+
 def test_no_tail_at_32_pixels_where_no_layer_passes_the_border() -> None:
     report = find(run({"saturation": SATURATION_8, "probe-accuracy": ACCURACY_8}), plain_cnn(32))
     assert not report["findings"].str.contains("tail").any()

@@ -133,6 +133,20 @@ def combine(inputs: Sequence[tuple[Spatial, Sequence[int]]], out_shape: Sequence
     return axes if isinstance(axes, Unknown) else Spatial(tuple(layout), axes)
 
 
+def _read_whole(
+    state: Spatial, shape: Sequence[int], dims: Iterable[int]
+) -> tuple[list[int | None], list[Iterable[PathClass]]]:
+    """The layout and per-axis paths after every position of ``dims`` is read: those dims leave the layout."""
+    layout = list(state.layout)
+    per_axis: list[Iterable[PathClass]] = list(state.axes)
+    for dim in dims:
+        axis = layout[dim]
+        if axis is not None:
+            per_axis[axis] = _collapsed(per_axis[axis], shape[dim])
+            layout[dim] = None
+    return layout, per_axis
+
+
 def map_dims(
     state: Spatial, shape: Sequence[int], maps: Mapping[int, IndexMap], mixed: Iterable[int] = ()
 ) -> Spatial | Unknown:
@@ -141,13 +155,7 @@ def map_dims(
     A convolution mixes its channels: were they an input axis, every position
     of that axis would be read.
     """
-    layout = list(state.layout)
-    per_axis: list[Iterable[PathClass]] = list(state.axes)
-    for dim in mixed:
-        axis = layout[dim]
-        if axis is not None:
-            per_axis[axis] = _collapsed(per_axis[axis], shape[dim])
-            layout[dim] = None
+    layout, per_axis = _read_whole(state, shape, mixed)
     try:
         for dim, index_map in maps.items():
             axis = layout[dim]
@@ -169,13 +177,7 @@ def reduce_dims(state: Spatial, shape: Sequence[int], dims: Iterable[int], keepd
     ((None, None), [[8]])
     """
     dims = {dim % len(shape) for dim in dims}
-    layout = list(state.layout)
-    per_axis: list[Iterable[PathClass]] = list(state.axes)
-    for dim in dims:
-        axis = layout[dim]
-        if axis is not None:
-            per_axis[axis] = _collapsed(per_axis[axis], shape[dim])
-            layout[dim] = None
+    layout, per_axis = _read_whole(state, shape, dims)
     if not keepdim:
         layout = [axis for dim, axis in enumerate(layout) if dim not in dims]
     axes = _merged(per_axis)

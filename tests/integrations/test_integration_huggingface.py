@@ -24,6 +24,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+from probe_reference import ridge_probe  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
@@ -334,9 +335,6 @@ def test_bad_arguments_fail_at_construction() -> None:
 
 
 def test_probes_read_the_labels_of_a_sequence_classifier(tmp_path) -> None:
-    from sklearn.linear_model import Ridge
-    from sklearn.metrics import r2_score
-
     model = tiny_bert()
     layers = {
         "bert-encoder-layer-0-output-dense": model.bert.encoder.layer[0].output.dense,
@@ -372,13 +370,10 @@ def test_probes_read_the_labels_of_a_sequence_classifier(tmp_path) -> None:
     train_t, eval_t = np.concatenate(labels["train"]), np.concatenate(labels["eval"])
     for name in layers:
         train_x, eval_x = np.concatenate(seen[("train", name)]), np.concatenate(seen[("eval", name)])
-        penalty = 1e-3 * np.trace(np.cov(train_x, rowvar=False, bias=True)) / train_x.shape[1]
-        fitted = Ridge(alpha=penalty * len(train_x), solver="cholesky").fit(train_x, np.eye(2)[train_t])
-        for mode, x, t in (("train", train_x, train_t), ("eval", eval_x, eval_t)):
-            predicted = fitted.predict(x)
-            r2 = r2_score(np.eye(2)[t], predicted, multioutput="variance_weighted")
+        expected = ridge_probe(train_x, train_t, eval_x, eval_t, classes=True, width=2)
+        for mode in ("train", "eval"):
+            r2, accuracy = expected[f"{mode}-r2"], expected[f"{mode}-accuracy"]
             assert callback.last_values[f"{mode}-probe-r2_{name}"] == pytest.approx(r2, rel=1e-6, abs=1e-9)
-            accuracy = float(np.mean(predicted.argmax(1) == t))
             assert callback.last_values[f"{mode}-probe-accuracy_{name}"] == pytest.approx(accuracy)
 
 

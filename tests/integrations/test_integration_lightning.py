@@ -40,6 +40,7 @@ from lightning_helpers import (  # noqa: E402
     tracked_hooks,
     trainer,
 )
+from probe_reference import ridge_probe  # noqa: E402
 
 from delve import SaturationTracker  # noqa: E402
 from delve.integrations.lightning import SaturationCallback  # noqa: E402
@@ -288,26 +289,6 @@ def test_ddp_spawn_two_ranks_log_once_what_one_process_sees_on_all_the_data(tmp_
         tracker.close()
 
 
-def _ridge_reference(train_x, train_t, eval_x, eval_t, classes: bool) -> dict[str, float]:
-    from sklearn.linear_model import Ridge
-    from sklearn.metrics import r2_score
-
-    if classes:
-        width = int(max(train_t.max(), eval_t.max())) + 1
-        train_y, eval_y = np.eye(width)[train_t], np.eye(width)[eval_t]
-    else:
-        train_y, eval_y = train_t, eval_t
-    penalty = 1e-3 * np.trace(np.cov(train_x, rowvar=False, bias=True)) / train_x.shape[1]
-    model = Ridge(alpha=penalty * len(train_x), solver="cholesky").fit(train_x, train_y)
-    out = {}
-    for mode, x, y, t in (("train", train_x, train_y, train_t), ("eval", eval_x, eval_y, eval_t)):
-        predicted = model.predict(x)
-        out[f"{mode}-probe-r2"] = r2_score(y, predicted, multioutput="variance_weighted")
-        if classes:
-            out[f"{mode}-probe-accuracy"] = float(np.mean(predicted.argmax(1) == t))
-    return out
-
-
 @pytest.mark.parametrize("classes", [False, True])
 def test_probes_take_their_targets_from_the_batches(tmp_path, classes: bool) -> None:
     x, y = make_data()
@@ -336,6 +317,8 @@ def test_probes_take_their_targets_from_the_batches(tmp_path, classes: bool) -> 
     eval_t = train_t[:24]
     for layer in LAYERS:
         features = {mode: np.concatenate(net.captured[(0, mode)][layer]) for mode in ("train", "eval")}
-        expected = _ridge_reference(features["train"], train_t, features["eval"], eval_t, classes)
+        expected = ridge_probe(features["train"], train_t, features["eval"], eval_t, classes)
         for name, value in expected.items():
-            assert callback.last_values[f"{name}_{layer}"] == pytest.approx(value, rel=1e-7, abs=1e-9), name
+            mode, stat = name.split("-")
+            logged = f"{mode}-probe-{stat}_{layer}"
+            assert callback.last_values[logged] == pytest.approx(value, rel=1e-7, abs=1e-9), logged

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from probe_reference import ridge_probe
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 from torch import nn
@@ -20,23 +21,7 @@ RIDGE = 1e-2
 
 def reference(train_x, train_y, eval_x, eval_y, classes: bool, ridge: float = RIDGE) -> dict[str, float]:
     """scikit-learn: Ridge with alpha = lambda * N on the train samples, scored on each mode's samples."""
-    train_x, eval_x = np.asarray(train_x, np.float64), np.asarray(eval_x, np.float64)
-    if classes:
-        width = int(max(train_y.max(), eval_y.max())) + 1
-        train_t, eval_t = np.eye(width)[train_y], np.eye(width)[eval_y]
-    else:
-        train_t = np.asarray(train_y, np.float64).reshape(len(train_y), -1)
-        eval_t = np.asarray(eval_y, np.float64).reshape(len(eval_y), -1)
-    n, d = train_x.shape
-    penalty = ridge * np.trace(np.cov(train_x, rowvar=False, bias=True)) / d
-    model = Ridge(alpha=penalty * n, fit_intercept=True, solver="cholesky").fit(train_x, train_t)
-    out = {}
-    for mode, x, t, y in (("train", train_x, train_t, train_y), ("eval", eval_x, eval_t, eval_y)):
-        predicted = model.predict(x)
-        out[f"{mode}-r2"] = r2_score(t, predicted, multioutput="variance_weighted")
-        if classes:
-            out[f"{mode}-accuracy"] = float(np.mean(predicted.argmax(1) == y))
-    return out
+    return ridge_probe(train_x, train_y, eval_x, eval_y, classes, ridge)
 
 
 def capture(module: nn.Module, pool) -> tuple[list[np.ndarray], object]:
